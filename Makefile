@@ -1,0 +1,33 @@
+# The two commands of the README: `make test` and (later) `make demo`. Everything they need is
+# installed from scratch: Debian build dependencies of ffcv, a virtualenv, the package.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev g++
+export WANDB_MODE ?= offline
+
+.PHONY: setup test clean system-deps
+
+setup: system-deps $(VENV)/.installed
+
+# ffcv compiles against OpenCV and libjpeg-turbo: install them (once) when missing
+system-deps:
+	@if ! pkg-config --exists opencv4 libturbojpeg 2>/dev/null || ! command -v g++ >/dev/null; then \
+		echo "installing ffcv's build dependencies: $(APT_PACKAGES)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

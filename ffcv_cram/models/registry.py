@@ -1,0 +1,28 @@
+"""Model names -> constructors: our CIFAR models, then any torchvision classification model."""
+from typing import Callable
+
+import torchvision
+from torch import nn
+
+from .resnet_cifar import resnet18_cifar, resnet20
+from .vgg import vgg16_cifar
+
+CIFAR_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet20": resnet20,
+    "resnet18_cifar": resnet18_cifar,
+    "vgg16_cifar": vgg16_cifar,
+}
+
+
+def available_models() -> list[str]:
+    return sorted(CIFAR_MODELS) + sorted(torchvision.models.list_models(torchvision.models))
+
+
+def get_model(name: str, num_classes: int = 1000) -> nn.Module:
+    """A freshly initialised model: `resnet20`, `resnet18_cifar`, `vgg16_cifar`, or a torchvision
+    classification model such as `resnet50` (untrained weights)."""
+    if name in CIFAR_MODELS:
+        return CIFAR_MODELS[name](num_classes=num_classes)
+    if name in torchvision.models.list_models(torchvision.models):
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    raise ValueError(f"model {name!r}: unknown; choose one of {', '.join(available_models())}")

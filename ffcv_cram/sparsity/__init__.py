@@ -1,0 +1,7 @@
+"""Masks (the one selection implementation), one-shot pruning and batch-norm tuning."""
+from .bnt import tune_batchnorm
+from .masks import magnitude_masks, nm_masks, prunable_weights, prune_count
+from .prune import SparsityReport, apply_masks, prune_model, uniform_targets
+
+__all__ = ["magnitude_masks", "nm_masks", "prunable_weights", "prune_count", "prune_model",
+           "apply_masks", "uniform_targets", "SparsityReport", "tune_batchnorm"]
