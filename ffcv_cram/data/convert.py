@@ -1,0 +1,105 @@
+"""One conversion: a dataset split (or a subset, or a calibration set) to a .beton file.
+
+Besides the .beton it writes `<write_path>.classes.json` (the class names; index = label) and,
+when images were skipped, `<write_path>.skipped.txt` (one `file<TAB>reason` line each).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .encoding import Encoding
+from .sources import (Cifar10Source, FolderSource, SourceError, balanced_subset, random_subset)
+
+DATASETS = ("imagenet", "folder", "cifar10")
+IMAGENET_CLASSES = 1000
+
+
+class ConversionError(Exception):
+    """A user-facing problem with the conversion's inputs (one line)."""
+
+
+def _write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever reads the file
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def open_source(dataset: str, split: str, data_dir: str, download: bool = False):
+    if dataset not in DATASETS:
+        raise ConversionError(f"dataset={dataset!r}: must be one of {', '.join(DATASETS)}")
+    if split not in ("train", "val"):
+        raise ConversionError(f"split={split!r}: must be 'train' or 'val'")
+    if dataset == "cifar10":
+        return Cifar10Source(data_dir, split, download)
+    source = FolderSource(data_dir)
+    if dataset == "imagenet" and len(source.classes) != IMAGENET_CLASSES:
+        raise ConversionError(
+            f"{data_dir}: {len(source.classes)} class folders, ImageNet has {IMAGENET_CLASSES} "
+            "(the val split must be sorted into class folders first); for other trees use "
+            "--cfg.dataset=folder")
+    return source
+
+
+def convert(dataset: str, split: str, data_dir: str, write_path: str, *, max_resolution: int = 0,
+            write_mode: str = "raw", compress_probability: float | None = None,
+            jpeg_quality: int = 90, smart_threshold: int | None = None, num_workers: int = 0,
+            chunk_size: int = 100, subset: int = -1, calibration: int = 0, seed: int = 0,
+            on_bad_image: str = "skip", overwrite: bool = False, download: bool = False,
+            progress: bool = True):
+    """Convert and return (WriteResult, class names). Raises ConversionError for user mistakes.
+
+    Every argument is checked before ffcv (slow to import) is loaded or any file is written."""
+    encoding = Encoding(write_mode, max_resolution or None, jpeg_quality, compress_probability,
+                        smart_threshold, seed)
+    try:
+        encoding.check()
+    except ValueError as err:
+        raise ConversionError(str(err)) from None
+    if on_bad_image not in ("skip", "fail"):
+        raise ConversionError(f"on_bad_image={on_bad_image!r}: must be 'skip' or 'fail'")
+    if chunk_size < 1:
+        raise ConversionError(f"chunk_size={chunk_size}: must be >= 1")
+    if calibration and subset > 0:
+        raise ConversionError("use either --cfg.calibration or --cfg.subset, not both")
+    if calibration and split != "train":
+        raise ConversionError("--cfg.calibration selects training images: use --cfg.split=train")
+    if calibration < 0:
+        raise ConversionError(f"calibration={calibration}: must be >= 1 (or 0 for off)")
+    if os.path.exists(write_path) and not overwrite:
+        raise ConversionError(f"{write_path}: already exists; pass --cfg.overwrite=1 to replace it")
+    try:
+        source = open_source(dataset, split, data_dir, download)
+        if calibration:
+            indices = balanced_subset(source.labels, calibration, seed)
+        elif subset > 0:
+            indices = random_subset(len(source), subset, seed)
+        else:
+            indices = range(len(source))
+    except SourceError as err:
+        raise ConversionError(str(err)) from None
+    from .writer import WriteError, write_beton  # ffcv: slow to import, so only once all is checked
+    Path(write_path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        result = write_beton(write_path, source, indices, encoding, num_workers, chunk_size,
+                             on_bad_image, progress)
+    except WriteError as err:
+        raise ConversionError(str(err)) from None
+    _write_text(f"{write_path}.classes.json", json.dumps(source.classes, indent=1) + "\n")
+    skipped_file = f"{write_path}.skipped.txt"
+    if result.skipped:
+        _write_text(skipped_file, "".join(f"{name}\t{reason}\n" for name, reason in result.skipped))
+    elif os.path.exists(skipped_file):
+        os.remove(skipped_file)  # stale list from an earlier run of the same output
+    return result, source.classes

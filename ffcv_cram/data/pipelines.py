@@ -1,0 +1,158 @@
+"""FFCV loaders for training and evaluation: ImageNet-style and CIFAR-style pipelines.
+
+Decoding and augmentation run in FFCV's compiled pipeline. On the CPU, normalisation runs there
+too, as FFCV's NormalizeImage placed before ToTensor (after ToTorchImage it makes the loader spin
+forever); on a GPU the uint8 batch is moved to the device and normalised in torch (no CuPy
+needed). Batches come out as (images: N x 3 x H x W channels_last in the requested dtype,
+labels: int64). Labels belong to the caller; on the CPU, float32/float16 images are views of the
+loader's buffers, valid until a few batches later (clone them to keep them longer).
+
+Sharding across ranks uses a seeded order of our own: every rank draws the same per-epoch
+permutation (seed + epoch) and takes every world_size-th sample, after trimming the permutation
+to a multiple of world_size so all ranks run the same number of steps. Evaluation order is
+sequential and not trimmed: each sample is seen by exactly one rank.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder,
+                                   SimpleRGBImageDecoder)
+from ffcv.loader import Loader, OrderOption
+from ffcv.traversal_order.base import TraversalOrder
+from ffcv.transforms import (NormalizeImage, RandomHorizontalFlip, RandomTranslate, Squeeze,
+                             ToDevice, ToTensor, ToTorchImage)
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+CIFAR_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
+CIFAR_STD = (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)
+DEFAULT_CROP_RATIO = 224 / 256
+STYLES = ("imagenet", "cifar")
+ORDERS = ("random", "quasi_random", "sequential")
+
+
+class LoaderError(Exception):
+    """A loader cannot be built from these arguments (one-line message)."""
+
+
+class ShardedOrder(TraversalOrder):
+    """Seeded permutation per epoch (or the stored order), split across ranks."""
+
+    def __init__(self, loader, rank: int, world_size: int, shuffle: bool):
+        super().__init__(loader)
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+
+    def sample_order(self, epoch: int):
+        if not self.shuffle:
+            return self.indices[self.rank::self.world_size]
+        order = np.random.default_rng(self.seed + epoch).permutation(self.indices)
+        usable = len(order) - len(order) % self.world_size
+        return order[:usable][self.rank::self.world_size]
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ImageLoader:
+    """An FFCV loader of (images, labels) batches.
+
+    style 'imagenet': train = RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip, val = center
+    crop of `crop_ratio` resized to `resolution`; style 'cifar': train = flip + random translate by
+    up to 4 px (zero padding), val = the stored image; both normalised with the style's mean/std.
+    """
+
+    def __init__(self, path: str, *, train: bool, batch_size: int, style: str = "imagenet",
+                 resolution: int = 224, num_workers: int = 0, device="cpu",
+                 dtype: torch.dtype = torch.float32, distributed: bool = False,
+                 rank: int | None = None, world_size: int | None = None, in_memory: bool = True,
+                 seed: int = 0, drop_last: bool | None = None, order: str | None = None,
+                 crop_ratio: float = DEFAULT_CROP_RATIO, channels_last: bool = True):
+        if not os.path.isfile(path):
+            raise LoaderError(f"{path}: no such .beton file (write it with write_datasets.py)")
+        if style not in STYLES:
+            raise LoaderError(f"style={style!r}: must be one of {', '.join(STYLES)}")
+        if batch_size < 1 or resolution < 1:
+            raise LoaderError("batch_size and resolution must be >= 1")
+        order = order or ("random" if train else "sequential")
+        if order not in ORDERS:
+            raise LoaderError(f"order={order!r}: must be one of {', '.join(ORDERS)}")
+        if distributed:
+            dist_rank, dist_world = _dist_rank_world()
+            rank = dist_rank if rank is None else rank
+            world_size = dist_world if world_size is None else world_size
+        rank, world_size = rank or 0, world_size or 1
+        if not 0 <= rank < world_size:
+            raise LoaderError(f"rank={rank} is outside world_size={world_size}")
+        if order == "quasi_random" and (world_size > 1 or in_memory):
+            raise LoaderError("order=quasi_random works only with one process and in_memory=False")
+        self.device = torch.device(device)
+        self.dtype, self.train, self.style = dtype, train, style
+        self.channels_last = channels_last
+        self.decoder = self._decoder(style, train, resolution, crop_ratio)
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if style == "imagenet" else (CIFAR_MEAN, CIFAR_STD)
+        image_ops = [self.decoder]
+        if train:
+            image_ops.append(RandomHorizontalFlip())
+            if style == "cifar":
+                image_ops.append(RandomTranslate(padding=4))
+        self.on_gpu = self.device.type == "cuda"
+        to_device = [ToDevice(self.device, non_blocking=True)] if self.on_gpu else []
+        if not self.on_gpu:  # normalise in the compiled pipeline, before ToTensor (see above)
+            np_dtype = np.float16 if dtype == torch.float16 else np.float32
+            image_ops.append(NormalizeImage(np.array(mean), np.array(std), np_dtype))
+        image_ops += [ToTensor(), *to_device, ToTorchImage(channels_last=True)]
+        label_ops = [IntDecoder(), ToTensor(), Squeeze(), *to_device]
+        self.loader = Loader(
+            path, batch_size=batch_size, num_workers=num_workers or os.cpu_count() or 1,
+            os_cache=in_memory, seed=seed, drop_last=train if drop_last is None else drop_last,
+            order=OrderOption.QUASI_RANDOM if order == "quasi_random" else OrderOption.SEQUENTIAL,
+            pipelines={"image": image_ops, "label": label_ops})
+        if order != "quasi_random":
+            self.loader.traversal_order = ShardedOrder(self.loader, rank, world_size,
+                                                       shuffle=order == "random")
+            self.loader.first_traversal_order = self.loader.next_traversal_order()
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+
+    @staticmethod
+    def _decoder(style, train, resolution, crop_ratio):
+        if style == "cifar":
+            return SimpleRGBImageDecoder()
+        if train:
+            return RandomResizedCropRGBImageDecoder((resolution, resolution))
+        return CenterCropRGBImageDecoder((resolution, resolution), ratio=crop_ratio)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.loader.first_traversal_order)
+
+    def set_resolution(self, resolution: int) -> None:
+        """Output size of the next epoch (ImageNet style), without building a new Loader."""
+        if self.style != "imagenet":
+            raise LoaderError("the cifar style keeps the stored resolution")
+        self.decoder.output_size = (resolution, resolution)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration epoch `epoch` (its order depends on seed + epoch)."""
+        self.loader.next_epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _finish(self, images: torch.Tensor) -> torch.Tensor:
+        if self.on_gpu:  # uint8 on the device: normalise here
+            images = (images.float() - self.mean) / self.std
+        if images.dtype != self.dtype:
+            images = images.to(self.dtype)
+        return images if self.channels_last else images.contiguous()
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield self._finish(images), labels.long().clone()

@@ -1,0 +1,93 @@
+"""FFCV loaders: output format, normalisation, order, sharding, resolution changes."""
+import numpy as np
+import pytest
+import torch
+
+from ffcv_cram.data.encoding import Encoding
+from ffcv_cram.data.pipelines import (CIFAR_MEAN, CIFAR_STD, ImageLoader, LoaderError)
+from ffcv_cram.data.writer import write_beton
+
+N = 60
+
+
+class IndexedSource:
+    """Sample i: label i, every pixel = i (so order and image-label pairing are visible)."""
+    labels = np.arange(N)
+
+    def __len__(self):
+        return N
+
+    def load(self, i):
+        return np.full((32, 32, 3), i, np.uint8)
+
+    def describe(self, i):
+        return f"sample {i}"
+
+
+@pytest.fixture(scope="module")
+def beton(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("loaders") / "indexed.beton")
+    write_beton(path, IndexedSource(), range(N), Encoding(), num_workers=1, progress=False)
+    return path
+
+
+def labels_of(loader):
+    return torch.cat([y for _, y in loader]).tolist()
+
+
+def test_cifar_val_batches_are_normalised_channels_last_and_aligned(beton):
+    loader = ImageLoader(beton, train=False, batch_size=16, style="cifar", num_workers=1)
+    seen = []
+    for x, y in loader:
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
+        assert x.is_contiguous(memory_format=torch.channels_last) and y.dtype == torch.int64
+        pixels = x * torch.tensor(CIFAR_STD).view(1, 3, 1, 1) + torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+        assert torch.allclose(pixels, y.view(-1, 1, 1, 1).float().expand_as(pixels), atol=1e-3)
+        seen += y.tolist()
+    assert seen == list(range(N)) and len(loader) == 4  # sequential, last batch kept
+
+
+def test_random_order_is_a_seeded_permutation_per_epoch(beton):
+    loader = ImageLoader(beton, train=True, batch_size=10, style="cifar", num_workers=1,
+                         drop_last=False, seed=5)
+    first, second = labels_of(loader), labels_of(loader)
+    assert sorted(first) == sorted(second) == list(range(N)) and first != second
+    loader.set_epoch(0)
+    assert labels_of(loader) == first  # resuming at an epoch replays its order
+
+
+def test_two_ranks_get_disjoint_shards_covering_the_data(beton):
+    shards = [labels_of(ImageLoader(beton, train=True, batch_size=7, style="cifar", num_workers=1,
+                                    distributed=True, rank=r, world_size=2, drop_last=False, seed=1))
+              for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == N // 2
+    assert not set(shards[0]) & set(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(N))
+    val = [labels_of(ImageLoader(beton, train=False, batch_size=8, style="cifar", num_workers=1,
+                                 distributed=True, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(sum(val, [])) == list(range(N))
+
+
+def test_imagenet_style_dtype_and_resolution_change(beton):
+    loader = ImageLoader(beton, train=True, batch_size=12, style="imagenet", resolution=32,
+                         num_workers=1, dtype=torch.bfloat16)
+    x, _ = next(iter(loader))
+    assert x.shape == (12, 3, 32, 32) and x.dtype == torch.bfloat16
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    loader.set_resolution(64)
+    x, y = next(iter(loader))
+    assert x.shape == (12, 3, 64, 64)
+    # a flat image stays flat through crop, resize and flip: values match the label exactly
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+    pixels = x.float() * std + mean
+    assert torch.allclose(pixels, y.view(-1, 1, 1, 1).float().expand_as(pixels), atol=1.5)
+
+
+def test_bad_arguments(beton, tmp_path):
+    with pytest.raises(LoaderError, match="no such .beton"):
+        ImageLoader(str(tmp_path / "missing.beton"), train=True, batch_size=4)
+    with pytest.raises(LoaderError, match="rank"):
+        ImageLoader(beton, train=True, batch_size=4, distributed=True, rank=2, world_size=2)
+    with pytest.raises(LoaderError, match="quasi_random"):
+        ImageLoader(beton, train=True, batch_size=4, order="quasi_random", world_size=2,
+                    distributed=True, rank=0)
