@@ -20,7 +20,7 @@ from torch import nn
 from ffcv_cram import TopkCrAM, disable_running_stats, enable_running_stats
 from ffcv_cram.models import get_model
 
-from common import median_time, save_result, table
+from common import interleaved, median_time, ratio_stats, save_result, table
 from reference_cram import ReferenceStyleCrAM
 
 CASES = {"resnet20": (128, 32, 10), "resnet50": (16, 160, 1000)}
@@ -78,26 +78,16 @@ def run_case(name, rounds, kinds):
     base = get_model(name, classes).to(memory_format=torch.channels_last).train()
     x = torch.randn(batch, 3, res, res).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,))
-    steps = {k: make_step(k, copy.deepcopy(base), x, y) for k in kinds}
-    for step in steps.values():  # warm-up
-        step(); step()
-    times = {k: [] for k in kinds}
-    for _ in range(rounds):
-        for k, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[k].append(time.perf_counter() - start)
+    times = interleaved({k: make_step(k, copy.deepcopy(base), x, y) for k in kinds}, rounds)
     overhead = optimizer_overhead(copy.deepcopy(base), x, y, repeats=20)
-    sgd = np.array(times["sgd"])
-    ratios = {k: np.array(v) / sgd for k, v in times.items()}
-    return {"model": name, "batch": batch, "resolution": res, "rounds": rounds,
-            "median_s": {k: statistics.median(v) for k, v in times.items()}, "times_s": times,
-            "ratio_to_sgd": {k: float(np.median(r)) for k, r in ratios.items()},
-            "ratio_quartiles": {k: [float(q) for q in np.percentile(r, [25, 75])]
-                                for k, r in ratios.items()},
-            "ratio_of_totals": {k: float(np.sum(v) / sgd.sum()) for k, v in times.items()},
+    stats = ratio_stats(times, "sgd")
+    return {"model": name, "batch": batch, "resolution": res, "rounds": rounds, "times_s": times,
+            "median_s": {k: v["median_s"] for k, v in stats.items()},
+            "ratio_to_sgd": {k: v["ratio"] for k, v in stats.items()},
+            "ratio_quartiles": {k: v["ratio_quartiles"] for k, v in stats.items()},
+            "ratio_of_totals": {k: v["ratio_of_totals"] for k, v in stats.items()},
             "optimizer_overhead_s": overhead,
-            "optimizer_overhead_fraction_of_sgd_step": overhead / statistics.median(times["sgd"])}
+            "optimizer_overhead_fraction_of_sgd_step": overhead / stats["sgd"]["median_s"]}
 
 
 def main():

@@ -102,3 +102,34 @@ def table(rows: list[list], header: list[str]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def interleaved(steps: dict, rounds: int, warmup: int = 2, sync=None) -> dict:
+    """Time each callable once per round, in turn, so drift on a shared machine hits all alike."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            if sync:
+                sync()
+            start = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratio_stats(times: dict, base: str) -> dict:
+    """Per method: median time, and the median / quartiles of each round's ratio to `base`."""
+    import numpy as np
+    ref = np.array(times[base])
+    out = {}
+    for name, values in times.items():
+        ratios = np.array(values) / ref
+        out[name] = {"median_s": statistics.median(values), "ratio": float(np.median(ratios)),
+                     "ratio_quartiles": [float(q) for q in np.percentile(ratios, [25, 75])],
+                     "ratio_of_totals": float(np.sum(values) / ref.sum())}
+    return out

@@ -70,10 +70,13 @@ class IntRange(Checker):
 class FloatList(Checker):
     """Comma-separated floats (or a YAML list), e.g. 0.5,0.7,0.9."""
 
+    def __init__(self, allow_empty: bool = False):
+        self.allow_empty = allow_empty
+
     def check(self, value):
         items = value if isinstance(value, (list, tuple)) else str(value).split(",")
         result = [float(x) for x in items if str(x).strip() != ""]
-        if not result:
+        if not result and not self.allow_empty:
             raise ValueError(value)
         return result
 

@@ -91,3 +91,27 @@ def test_bad_arguments(beton, tmp_path):
     with pytest.raises(LoaderError, match="quasi_random"):
         ImageLoader(beton, train=True, batch_size=4, order="quasi_random", world_size=2,
                     distributed=True, rank=0)
+
+
+def test_cifar_train_augmentation_replays_exactly(beton):
+    def epoch_batches(epoch):
+        loader = ImageLoader(beton, train=True, batch_size=20, style="cifar", num_workers=2, seed=3)
+        loader.set_epoch(epoch)
+        return [(x.clone(), y) for x, y in loader]
+    a, b = epoch_batches(1), epoch_batches(1)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert not all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, epoch_batches(2)))
+
+
+def test_flip_translate_matches_a_direct_reference():
+    from ffcv_cram.data.augment import flip_translate
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).view(2, 3, 5, 6)
+    g = torch.Generator().manual_seed(0)
+    flip = torch.rand(2, generator=g) < 0.5
+    shift = torch.randint(0, 9, (2, 2), generator=g)
+    out = flip_translate(x, torch.Generator().manual_seed(0), padding=4)
+    for i in range(2):
+        img = x[i].flip(2) if flip[i] else x[i]
+        padded = torch.nn.functional.pad(img, (4, 4, 4, 4))
+        dy, dx = shift[0, i], shift[1, i]
+        assert torch.equal(out[i], padded[:, dy:dy + 5, dx:dx + 6])

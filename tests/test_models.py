@@ -18,3 +18,19 @@ def test_torchvision_models_and_unknown_names():
     assert get_model("resnet18", 7).fc.out_features == 7
     with pytest.raises(ValueError, match="unknown"):
         get_model("resnet21", 10)
+
+
+def test_blurpool_keeps_state_dict_and_blurs_strided_convs():
+    plain = get_model("resnet50", 1000)
+    blurred = get_model("resnet50", 1000, blurpool=True)
+    assert plain.state_dict().keys() == blurred.state_dict().keys()
+    blurred.load_state_dict(plain.state_dict())
+    from ffcv_cram.models.blurpool import BlurConv2d
+    swapped = [n for n, m in blurred.named_modules() if isinstance(m, BlurConv2d)]
+    assert "layer2.0.conv2" in swapped and "conv1" not in swapped  # stem has 3 input channels
+    x = torch.randn(1, 3, 64, 64)
+    plain.eval(), blurred.eval()
+    assert not torch.allclose(plain(x), blurred(x))
+    conv = BlurConv2d(16, 4, 3, stride=2, padding=1, bias=False)
+    flat = torch.ones(1, 16, 8, 8)
+    assert torch.allclose(conv(flat), torch.nn.functional.conv2d(flat, conv.weight, stride=2, padding=1))

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from ..atomic import write_text
 
 from .encoding import Encoding
 from .sources import (Cifar10Source, FolderSource, SourceError, balanced_subset, random_subset)
@@ -19,21 +20,6 @@ IMAGENET_CLASSES = 1000
 
 class ConversionError(Exception):
     """A user-facing problem with the conversion's inputs (one line)."""
-
-
-def _write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever reads the file
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def open_source(dataset: str, split: str, data_dir: str, download: bool = False):
@@ -96,10 +82,10 @@ def convert(dataset: str, split: str, data_dir: str, write_path: str, *, max_res
                              on_bad_image, progress)
     except WriteError as err:
         raise ConversionError(str(err)) from None
-    _write_text(f"{write_path}.classes.json", json.dumps(source.classes, indent=1) + "\n")
+    write_text(f"{write_path}.classes.json", json.dumps(source.classes, indent=1) + "\n")
     skipped_file = f"{write_path}.skipped.txt"
     if result.skipped:
-        _write_text(skipped_file, "".join(f"{name}\t{reason}\n" for name, reason in result.skipped))
+        write_text(skipped_file, "".join(f"{name}\t{reason}\n" for name, reason in result.skipped))
     elif os.path.exists(skipped_file):
         os.remove(skipped_file)  # stale list from an earlier run of the same output
     return result, source.classes

@@ -23,8 +23,10 @@ from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder, RandomResizedCropR
                                    SimpleRGBImageDecoder)
 from ffcv.loader import Loader, OrderOption
 from ffcv.traversal_order.base import TraversalOrder
-from ffcv.transforms import (NormalizeImage, RandomHorizontalFlip, RandomTranslate, Squeeze,
-                             ToDevice, ToTensor, ToTorchImage)
+from ffcv.transforms import (NormalizeImage, RandomHorizontalFlip, Squeeze, ToDevice, ToTensor,
+                             ToTorchImage)
+
+from .augment import batch_generator, flip_translate
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -63,9 +65,10 @@ def _dist_rank_world() -> tuple[int, int]:
 class ImageLoader:
     """An FFCV loader of (images, labels) batches.
 
-    style 'imagenet': train = RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip, val = center
-    crop of `crop_ratio` resized to `resolution`; style 'cifar': train = flip + random translate by
-    up to 4 px (zero padding), val = the stored image; both normalised with the style's mean/std.
+    style 'imagenet': train = RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip (FFCV's ops),
+    val = center crop of `crop_ratio` resized to `resolution`; style 'cifar': train = flip + random
+    translate by up to 4 px, seeded per (seed, epoch, batch) so runs replay exactly
+    (`ffcv_cram.data.augment`), val = the stored image. Both normalised with the style's mean/std.
     """
 
     def __init__(self, path: str, *, train: bool, batch_size: int, style: str = "imagenet",
@@ -98,10 +101,9 @@ class ImageLoader:
         self.decoder = self._decoder(style, train, resolution, crop_ratio)
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if style == "imagenet" else (CIFAR_MEAN, CIFAR_STD)
         image_ops = [self.decoder]
-        if train:
+        if train and style == "imagenet":
             image_ops.append(RandomHorizontalFlip())
-            if style == "cifar":
-                image_ops.append(RandomTranslate(padding=4))
+        self.seed = seed
         self.on_gpu = self.device.type == "cuda"
         to_device = [ToDevice(self.device, non_blocking=True)] if self.on_gpu else []
         if not self.on_gpu:  # normalise in the compiled pipeline, before ToTensor (see above)
@@ -154,5 +156,9 @@ class ImageLoader:
         return images if self.channels_last else images.contiguous()
 
     def __iter__(self):
-        for images, labels in self.loader:
-            yield self._finish(images), labels.long().clone()
+        epoch = self.loader.next_epoch
+        for batch, (images, labels) in enumerate(self.loader):
+            images = self._finish(images)
+            if self.train and self.style == "cifar":
+                images = flip_translate(images, batch_generator(self.seed, epoch, batch))
+            yield images, labels.long().clone()

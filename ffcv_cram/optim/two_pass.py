@@ -30,6 +30,7 @@ class TwoPassOptimizer(Optimizer):
         self._scratch: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
         self._moved: list[torch.Tensor] | None = None
         self.generator: torch.Generator | None = None  # set by subclasses that draw per step
+        self._generator_before = None
 
     # -- the two halves ------------------------------------------------------------------------
     @torch.no_grad()
@@ -37,6 +38,7 @@ class TwoPassOptimizer(Optimizer):
         """Save w, move every parameter with a gradient to the point where the second pass runs."""
         if self._moved is not None:
             raise RuntimeError("first_step() called twice without second_step() in between")
+        self._generator_before = self.generator.get_state() if self.generator is not None else None
         groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
         moved = [p for _, params in groups for p in params]
         torch._foreach_copy_([self.buffer(p, "w") for p in moved], moved)
@@ -70,11 +72,14 @@ class TwoPassOptimizer(Optimizer):
         self.second_step()
 
     def discard_step(self) -> None:
-        """Abandon a started step: restore w exactly, take no optimizer step (e.g. fp16 overflow)."""
+        """Abandon a started step (e.g. fp16 overflow): w restored exactly, no optimizer state
+        changed (the sparsity draw is rewound too)."""
         if self._moved is None:
             return
         with torch.no_grad():
             torch._foreach_copy_(self._moved, [self.buffer(p, "w") for p in self._moved])
+        if self._generator_before is not None:
+            self.generator.set_state(self._generator_before)
         self._moved = None
 
     def _perturb(self, groups, moved) -> None:

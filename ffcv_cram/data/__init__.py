@@ -1,0 +1,1 @@
+"""Datasets: conversion to .beton, image reading, loaders, the generated dataset."""

@@ -1,0 +1,30 @@
+"""Seeded batch augmentation in torch (CIFAR style): random horizontal flip + translate.
+
+FFCV's own random ops draw from numba's per-thread generators, which are seeded from entropy and
+cannot be replayed; these draw from a torch.Generator seeded by (seed, epoch, batch), so a resumed
+run sees exactly the augmentations an uninterrupted one would. Works on any device.
+"""
+import torch
+from torch.nn import functional as F
+
+
+def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + batch)
+
+
+def flip_translate(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Flip each image with probability 1/2 and shift it by up to `padding` pixels in each
+    direction, filling with zeros (the dataset mean, after normalisation). Layout is preserved."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    shift = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
+    flip, shift = flip.to(x.device), shift.to(x.device)
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    padded = F.pad(x, (padding,) * 4)
+    rows = (torch.arange(h, device=x.device).view(1, h) + shift[0].view(n, 1)).view(n, 1, h, 1)
+    cols = (torch.arange(w, device=x.device).view(1, w) + shift[1].view(n, 1)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channel = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    out = padded[batch, channel, rows, cols]
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+        memory_format=torch.channels_last) else out

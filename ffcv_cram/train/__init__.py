@@ -1,0 +1,1 @@
+"""The shared trainer behind train_cifar.py and train_imagenet.py."""

@@ -1,0 +1,62 @@
+"""Atomic checkpoints holding everything a run needs to continue bit-identically."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import torch_save
+
+FORMAT = "ffcv_cram.checkpoint/1"
+LAST = "checkpoint_last.pt"
+FINAL_WEIGHTS = "final_weights.pt"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP / DataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def plain_state_dict(model: nn.Module) -> dict:
+    """A state_dict without wrapper prefixes, on the CPU: torchvision / our models load it as is."""
+    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str, *, model, optimizer, scaler, epoch: int, step: int, config: dict,
+                    draws: dict, best: dict | None = None) -> None:
+    torch_save({"format": FORMAT, "epoch": epoch, "step": step,
+                 "model": plain_state_dict(model), "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else None,
+                 "rng": rng_state(), "config": config, "draws": draws, "best": best}, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Our own trusted files: loaded in full (they hold NumPy/Python RNG states)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an ffcv-cram checkpoint")
+    return state

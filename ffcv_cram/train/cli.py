@@ -1,0 +1,160 @@
+"""The command-line face of the trainer: typed fastargs sections, checks, then `loop.run`.
+
+train_cifar.py and train_imagenet.py call `main(style, defaults)`; the only differences between
+them are the data style and the defaults.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+
+from fastargs import Param, Section
+from fastargs.validation import OneOf
+
+from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
+from .schedule import LR_SCHEDULES
+from .step import AMP_MODES, METHODS
+
+
+def declare(defaults: dict) -> None:
+    """Declare every section; `defaults` maps 'section.key' to the script's default."""
+    def d(key, fallback=None):
+        return defaults.get(key, fallback)
+
+    Section("data", "datasets and loading").params(
+        train_dataset=Param(str, "training .beton", required=True),
+        val_dataset=Param(str, "validation .beton ('' to skip evaluation)", default=""),
+        num_workers=Param(IntRange(0), "loader threads per process (0: one per core)", default=0),
+        in_memory=Param(Flag(), "keep the whole .beton in the OS page cache", default=True),
+        order=Param(OneOf(["random", "quasi_random"]), "training order", default="random"),
+    )
+    Section("model", "architecture").params(
+        arch=Param(str, "resnet20, resnet18_cifar, vgg16_cifar or any torchvision model",
+                   default=d("model.arch")),
+        num_classes=Param(IntRange(0), "0: from <train_dataset>.classes.json", default=0),
+        blurpool=Param(Flag(), "blur before strided convolutions", default=d("model.blurpool", False)),
+    )
+    Section("training", "optimisation").params(
+        optimizer=Param(OneOf(METHODS), "sgd | sam | cram | cram_nm", default=d("training.optimizer", "cram")),
+        epochs=Param(IntRange(1), "epochs", default=d("training.epochs")),
+        batch_size=Param(IntRange(1), "batch size per process (global = this x processes)",
+                         default=d("training.batch_size")),
+        momentum=Param(float, "SGD momentum", default=0.9),
+        nesterov=Param(Flag(), "Nesterov momentum", default=False),
+        weight_decay=Param(float, "weight decay", default=d("training.weight_decay")),
+        decay_bn_and_bias=Param(Flag(), "0: no weight decay on tensors of rank <= 1 (BN, biases)",
+                                default=True),
+        label_smoothing=Param(float, "label smoothing", default=d("training.label_smoothing", 0.0)),
+        amp=Param(OneOf(AMP_MODES), "none | bf16 | fp16 (with loss scaling)",
+                  default=d("training.amp", "none")),
+        channels_last=Param(Flag(), "channels_last model and inputs", default=True),
+        device=Param(OneOf(["auto", "cpu", "cuda"]), "auto: cuda when available", default="auto"),
+        seed=Param(int, "seed of initialisation, data order and augmentation", default=0),
+        deterministic=Param(Flag(), "deterministic kernels (slower on GPUs)", default=False),
+    )
+    Section("cram", "CrAM / SAM").params(
+        rho=Param(float, "perturbation radius", default=d("cram.rho", 0.05)),
+        sparsities=Param(FloatList(), "sparsities drawn per step (cram)",
+                         default=d("cram.sparsities", "0.5,0.7,0.9")),
+        patterns=Param(StrList(), "N:M patterns drawn per step (cram_nm)", default="2:4,4:8"),
+        plus_version=Param(Flag(), "add the clean gradient (CrAM+)", default=True),
+        sparse_grad=Param(Flag(), "mask the compressed gradient", default=True),
+        scope=Param(OneOf(["global", "uniform"]), "magnitude threshold scope", default="global"),
+        grad_norm=Param(Flag(), "normalise the ascent step by the gradient norm", default=False),
+        seed=Param(int, "seed of the per-step sparsity draws", default=0),
+    )
+    Section("lr", "learning-rate schedule").params(
+        schedule=Param(OneOf(LR_SCHEDULES), "cosine | step | cyclic", default=d("lr.schedule", "cosine")),
+        lr=Param(float, "peak learning rate", default=d("lr.lr")),
+        warmup_epochs=Param(float, "cosine: linear warm-up epochs", default=d("lr.warmup_epochs", 0)),
+        end_epoch=Param(float, "cosine: epoch where it reaches 0 (0: the last)", default=0),
+        step_milestones=Param(FloatList(allow_empty=True), "step: epochs where lr *= gamma", default=""),
+        step_gamma=Param(float, "step: factor", default=0.1),
+        peak_epoch=Param(float, "cyclic: epoch of the peak", default=d("lr.peak_epoch", 2)),
+        per_iteration=Param(Flag(), "update every iteration (0: once per epoch, as the reference)",
+                            default=d("lr.per_iteration", True)),
+    )
+    Section("resolution", "image resolution (imagenet style; progressive resizing)").params(
+        min_res=Param(IntRange(0), "resolution until start_ramp", default=d("resolution.min_res", 0)),
+        max_res=Param(IntRange(0), "resolution from end_ramp", default=d("resolution.max_res", 0)),
+        start_ramp=Param(IntRange(0), "first epoch of the ramp", default=d("resolution.start_ramp", 0)),
+        end_ramp=Param(IntRange(0), "last epoch of the ramp", default=d("resolution.end_ramp", 0)),
+        val_res=Param(IntRange(0), "validation resolution", default=d("resolution.val_res", 0)),
+    )
+    Section("validation", "evaluation").params(
+        every=Param(IntRange(0), "evaluate every N epochs (0: only after the last)", default=1),
+        flip_tta=Param(Flag(), "average with the horizontally flipped image",
+                       default=d("validation.flip_tta", False)),
+        batch_size=Param(IntRange(1), "batch size per process", default=256),
+    )
+    Section("logging", "outputs").params(
+        folder=Param(str, "run folder: config.json, log.jsonl, checkpoints, final_weights.pt",
+                     required=True),
+        wandb_project=Param(str, "log to this wandb project ('' for none)", default=""),
+        wandb_mode=Param(OneOf(["online", "offline", "disabled"]), "wandb mode", default="offline"),
+        wandb_name=Param(str, "wandb run name", default=""),
+    )
+    Section("checkpoint", "checkpoints").params(
+        every=Param(IntRange(0), "also keep checkpoint_epoch<N>.pt every N epochs (0: only the last)",
+                    default=0),
+        resume=Param(Flag(), "continue from the run folder's checkpoint_last.pt", default=True),
+    )
+
+
+def check(cfg: dict, style: str) -> None:
+    """Cross-field checks, all before any work starts."""
+    t, c, r, lr = cfg["training"], cfg["cram"], cfg["resolution"], cfg["lr"]
+    from ..models import available_models
+    if cfg["model"]["arch"] not in available_models():
+        raise UsageError(f"--model.arch={cfg['model']['arch']!r}: unknown model")
+    if not all(0 <= s < 1 for s in c["sparsities"]):
+        raise UsageError(f"--cram.sparsities={c['sparsities']}: each must be in [0, 1)")
+    from ..optim.cram import parse_pattern
+    try:
+        for p in c["patterns"]:
+            parse_pattern(p)
+    except ValueError as err:
+        raise UsageError(f"--cram.patterns: {err}") from None
+    if c["rho"] < 0:
+        raise UsageError(f"--cram.rho={c['rho']}: must be >= 0")
+    if lr["lr"] <= 0:
+        raise UsageError(f"--lr.lr={lr['lr']}: must be > 0")
+    if lr["schedule"] == "cosine" and lr["warmup_epochs"] >= (lr["end_epoch"] or t["epochs"]):
+        raise UsageError("--lr.warmup_epochs must be smaller than the cosine's end epoch")
+    if style == "imagenet":
+        if not (r["min_res"] and r["max_res"] and r["val_res"]):
+            raise UsageError("--resolution.min_res, max_res and val_res must be set (e.g. 160, 192, 256)")
+        if r["min_res"] > r["max_res"] or r["start_ramp"] > r["end_ramp"]:
+            raise UsageError("--resolution: need min_res <= max_res and start_ramp <= end_ramp")
+    elif any(r.values()):
+        raise UsageError("--resolution.*: the cifar style trains at the stored resolution; "
+                         "leave these unset")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(style: str, description: str, defaults: dict, argv=None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    declare(defaults)
+    cfg = parse(description, argv)
+    try:
+        check(cfg, style)
+        from .loop import run  # torch and ffcv: imported once the arguments are known to be valid
+        record = run(cfg, style)
+    except UsageError as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail("interrupted; the last completed epoch's checkpoint is kept (re-run to resume)", 130)
+    if record:
+        print(f"done: {cfg['logging']['folder']}/final_weights.pt"
+              + (f" (val top-1 {record['val_top1']:.2f}%)" if "val_top1" in record else ""))
+    else:
+        print(f"nothing to do: {cfg['logging']['folder']} already finished its "
+              f"{cfg['training']['epochs']} epochs")
+    return 0
+
+
+def run_script(style: str, description: str, defaults: dict) -> None:
+    sys.exit(main(style, description, defaults))

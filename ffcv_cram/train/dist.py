@@ -1,0 +1,79 @@
+"""Process setup: under torchrun, one process per device with torch.distributed (env://
+rendezvous, so torchrun's c10d rendezvous covers several nodes); otherwise a single process."""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--training.device=cuda but no CUDA device is visible; use cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--training.device={name!r}: must be cpu, cuda or auto")
+    return torch.device(name)
+
+
+def setup(device_name: str = "auto", timeout_minutes: int = 30) -> Context:
+    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on the CPU)."""
+    device = resolve_device(device_name)
+    if not launched_by_torchrun():
+        return Context(device=device)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPUs are "
+                             "visible; use --nproc_per_node <= the number of GPUs")
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
+    return Context(rank, world, local_rank, device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(values: list[float], ctx: Context) -> list[float]:
+    """Element-wise sum of a small list of numbers over all ranks."""
+    if not ctx.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64,
+                     device=ctx.device if ctx.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()

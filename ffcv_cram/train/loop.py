@@ -1,0 +1,243 @@
+"""The training loop shared by train_cifar.py and train_imagenet.py.
+
+`run(cfg, style)` takes the parsed configuration ({section: {key: value}}) and trains: per-epoch
+resolution, per-iteration learning rate, one `TrainStep` per batch, evaluation every N epochs,
+one log line and one atomic checkpoint per epoch, and at the end `final_weights.pt`. Re-running the
+same command resumes from the run folder's last checkpoint and continues bit-identically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..atomic import torch_save
+from ..config import UsageError
+from ..data.pipelines import ImageLoader, LoaderError
+from ..models import get_model
+from . import checkpoint as ckpt
+from .dist import Context, all_sum, setup, teardown
+from .evaluate import evaluate
+from .logger import RunLogger
+from .schedule import lr_at, resolution_at
+from .step import TrainStep, make_optimizer, parameter_groups
+
+# sections that may change between a run and its resumption without changing its result
+RESUMABLE_CHANGES = ("logging", "checkpoint", "validation")
+RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "training.device")
+
+
+def _flat(cfg: dict) -> dict:
+    return {f"{s}.{k}": v for s, keys in cfg.items() for k, v in keys.items()}
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    a, b = _flat(saved), _flat(current)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
+                  and k.split(".")[0] not in RESUMABLE_CHANGES and k not in RESUMABLE_KEYS)
+
+
+def num_classes_for(cfg: dict) -> int:
+    if cfg["model"]["num_classes"]:
+        return cfg["model"]["num_classes"]
+    classes = cfg["data"]["train_dataset"] + ".classes.json"
+    if not os.path.isfile(classes):
+        raise UsageError(f"--model.num_classes not given and {classes} not found; pass it explicitly")
+    with open(classes) as f:
+        return len(json.load(f))
+
+
+def _resolutions(cfg: dict, style: str, epoch: int) -> int:
+    r = cfg["resolution"]
+    if style == "cifar":
+        return 0
+    return resolution_at(epoch, r["min_res"], r["max_res"], r["start_ramp"], r["end_ramp"])
+
+
+def _lr(cfg: dict, epoch: float) -> float:
+    lr, t = cfg["lr"], cfg["training"]
+    return lr_at(epoch, schedule=lr["schedule"], lr=lr["lr"], epochs=t["epochs"],
+                 warmup_epochs=lr["warmup_epochs"], end_epoch=lr["end_epoch"] or None,
+                 milestones=lr["step_milestones"], gamma=lr["step_gamma"],
+                 peak_epoch=lr["peak_epoch"], per_iteration=lr["per_iteration"])
+
+
+def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
+    d, t, v = cfg["data"], cfg["training"], cfg["validation"]
+    common = dict(style=style, num_workers=d["num_workers"], device=ctx.device,
+                  distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size,
+                  in_memory=d["in_memory"], channels_last=t["channels_last"])
+    try:
+        train = ImageLoader(d["train_dataset"], train=True, batch_size=t["batch_size"],
+                            resolution=_resolutions(cfg, style, start_epoch) or 224,
+                            seed=t["seed"], order=d["order"], **common)
+        val = None
+        if d["val_dataset"]:
+            res = cfg["resolution"]["val_res"] if style == "imagenet" else 224
+            val = ImageLoader(d["val_dataset"], train=False, batch_size=v["batch_size"],
+                              resolution=res, **common)
+    except LoaderError as err:
+        raise UsageError(str(err)) from None
+    if len(train) == 0:
+        raise UsageError(f"{d['train_dataset']}: fewer samples per process than one batch of "
+                         f"{t['batch_size']}; lower --training.batch_size")
+    return train, val
+
+
+def _build(cfg: dict, ctx: Context, num_classes: int):
+    m, t, c = cfg["model"], cfg["training"], cfg["cram"]
+    model = get_model(m["arch"], num_classes, blurpool=m["blurpool"]).to(ctx.device)
+    if t["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    groups = parameter_groups(model, t["weight_decay"], t["decay_bn_and_bias"])
+    optimizer = make_optimizer(
+        t["optimizer"], groups, lr=cfg["lr"]["lr"], momentum=t["momentum"],
+        weight_decay=t["weight_decay"], nesterov=t["nesterov"], rho=c["rho"],
+        sparsities=c["sparsities"], patterns=c["patterns"], plus_version=c["plus_version"],
+        sparse_grad=c["sparse_grad"], scope=c["scope"], grad_norm=c["grad_norm"], seed=c["seed"])
+    return model, optimizer
+
+
+def _draw(optimizer):
+    if getattr(optimizer, "last_sparsity", None) is not None:
+        return f"{optimizer.last_sparsity:g}"
+    if getattr(optimizer, "last_pattern", None) is not None:
+        return "{}:{}".format(*optimizer.last_pattern)
+    return None
+
+
+def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution):
+    iters = len(loader)
+    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss * n, correct, samples
+    draws, skipped, lr = Counter(), 0, 0.0
+    bar = logger.bar(iters, f"epoch {epoch}")
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        lr = _lr(cfg, epoch + i / iters)
+        for group in step.optimizer.param_groups:
+            group["lr"] = lr
+        out = step(x, y)
+        sums += torch.stack([out.loss.double() * len(y), out.correct.double(),
+                             torch.tensor(float(len(y)), dtype=torch.float64, device=ctx.device)])
+        skipped += out.skipped
+        if not out.skipped and (name := _draw(step.optimizer)) is not None:
+            draws[name] += 1
+        bar.update(1)
+        if i % 20 == 0 or i == iters - 1:
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{lr:.4g}",
+                            img_s=f"{(i + 1) * len(y) * ctx.world_size / elapsed:.0f}",
+                            res=resolution or x.shape[-1])
+    bar.close()
+    seconds = time.perf_counter() - start
+    loss_sum, correct, n, skipped_all = all_sum(sums.tolist() + [float(skipped)], ctx)
+    return {"train_loss": loss_sum / max(n, 1), "train_top1": 100 * correct / max(n, 1),
+            "lr": lr, "images_per_s": n / seconds, "epoch_time_s": seconds,
+            "skipped_steps": int(skipped_all), "sparsity_draws": dict(sorted(draws.items()))}
+
+
+def _resume_state(cfg: dict, folder: str, is_main: bool):
+    path = os.path.join(folder, ckpt.LAST)
+    if not os.path.exists(path):
+        return None
+    if not cfg["checkpoint"]["resume"]:
+        raise UsageError(f"{folder} already holds a run ({ckpt.LAST}); re-run with "
+                         "--checkpoint.resume=1 to continue it, or choose another --logging.folder")
+    try:
+        state = ckpt.load_checkpoint(path)
+    except (ValueError, RuntimeError, EOFError) as err:
+        raise UsageError(f"{path}: cannot be read ({err}); delete it to start over") from None
+    differences = config_differences(state["config"], cfg)
+    if differences:
+        raise UsageError(f"{folder} holds a run with a different configuration ({', '.join(differences)}); "
+                         "use another --logging.folder or the same settings")
+    return state
+
+
+def run(cfg: dict, style: str) -> dict:
+    """Train according to `cfg`; returns the final record. Raises UsageError for user mistakes."""
+    t = cfg["training"]
+    try:
+        ctx = setup(t["device"])
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        return _run(cfg, style, ctx)
+    finally:
+        teardown()
+
+
+def _run(cfg: dict, style: str, ctx: Context) -> dict:
+    t, folder = cfg["training"], cfg["logging"]["folder"]
+    torch.manual_seed(t["seed"])
+    if t["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+    num_classes = num_classes_for(cfg)
+    state = _resume_state(cfg, folder, ctx.is_main)
+    start_epoch = state["epoch"] if state else 0
+    model, optimizer = _build(cfg, ctx, num_classes)
+    step = TrainStep(model, optimizer, t["optimizer"], t["amp"], t["label_smoothing"], ctx.device)
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if step.scaler is not None and state["scaler"] is not None:
+            step.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+    if ctx.distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        step.model = DistributedDataParallel(model, device_ids=device_ids)
+    train_loader, val_loader = _loaders(cfg, style, ctx, start_epoch)
+    logger = RunLogger(folder, cfg, ctx.is_main, cfg["logging"]["wandb_project"] or None,
+                       cfg["logging"]["wandb_mode"], cfg["logging"]["wandb_name"] or None)
+    logger.keep_epochs_before(start_epoch)
+    amp_dtype = step.amp_dtype
+    epochs, every = t["epochs"], cfg["validation"]["every"]
+    record: dict = {}
+    for epoch in range(start_epoch, epochs):
+        resolution = _resolutions(cfg, style, epoch)
+        if resolution:
+            train_loader.set_resolution(resolution)
+        train_loader.set_epoch(epoch)
+        step.model.train()
+        record = {"epoch": epoch, "resolution": resolution or None,
+                  **_train_epoch(cfg, epoch, step, train_loader, logger, ctx, resolution)}
+        last = epoch == epochs - 1
+        if val_loader is not None and (last or (every and (epoch + 1) % every == 0)):
+            metrics = evaluate(step.model, val_loader, ctx, amp_dtype,
+                               cfg["validation"]["flip_tta"], progress=True)
+            record.update({f"val_{k}": v for k, v in metrics.items() if k != "samples"})
+        logger.log_epoch(record)
+        if ctx.is_main:
+            kwargs = dict(model=model, optimizer=optimizer, scaler=step.scaler, epoch=epoch + 1,
+                          step=(epoch + 1) * len(train_loader), config=cfg,
+                          draws=record["sparsity_draws"])
+            ckpt.save_checkpoint(os.path.join(folder, ckpt.LAST), **kwargs)
+            keep = cfg["checkpoint"]["every"]
+            if keep and (epoch + 1) % keep == 0:
+                ckpt.save_checkpoint(os.path.join(folder, f"checkpoint_epoch{epoch + 1}.pt"), **kwargs)
+        _print_epoch(record, ctx)
+    if ctx.is_main:
+        torch_save(ckpt.plain_state_dict(model), os.path.join(folder, ckpt.FINAL_WEIGHTS))
+        logger.summary(record)
+    logger.finish()
+    return record
+
+
+def _print_epoch(record: dict, ctx: Context) -> None:
+    if not ctx.is_main:
+        return
+    parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}",
+             f"train top-1 {record['train_top1']:.2f}%", f"lr {record['lr']:.4g}",
+             f"{record['images_per_s']:.0f} img/s"]
+    if "val_top1" in record:
+        parts += [f"val top-1 {record['val_top1']:.2f}%", f"top-5 {record['val_top5']:.2f}%"]
+    if record["skipped_steps"]:
+        parts.append(f"{record['skipped_steps']} fp16 steps skipped")
+    print(" | ".join(parts), flush=True)

@@ -1,0 +1,155 @@
+"""One training step for sgd, sam, cram (TopkCrAM) and cram_nm (NMTopkCrAM).
+
+AMP: 'none', 'bf16' (autocast) or 'fp16' (autocast + torch.amp.GradScaler). BatchNorm running
+statistics are frozen during the second pass. Under DDP both passes all-reduce their gradients,
+so the perturbation and the masks are the same on every rank.
+
+fp16 with two passes -- the question SAM users keep asking: a non-finite gradient in EITHER pass
+skips the whole step. The first-pass gradient is unscaled by hand (it sets the perturbation); if
+it overflowed, the scaler is shown those gradients so that `update()` backs the scale off. The
+second pass goes through `scaler.unscale_`; if it overflowed, `discard_step()` restores the
+weights exactly (and rewinds the sparsity draw) before `update()` backs off. Either way the base
+optimizer never steps, so momentum and every other state stay untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..optim import NMTopkCrAM, SAM, TopkCrAM, disable_running_stats, enable_running_stats
+
+METHODS = ("sgd", "sam", "cram", "cram_nm")
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor      # first-pass loss (detached, on the device)
+    correct: torch.Tensor   # top-1 hits of the first pass (on the device)
+    skipped: bool = False   # fp16 overflow: no update was made
+
+
+def _grads(optimizer):
+    return [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+
+def _non_finite(grads) -> bool:
+    return bool(grads) and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+
+
+class TrainStep:
+    def __init__(self, model: nn.Module, optimizer, method: str, amp: str = "none",
+                 label_smoothing: float = 0.0, device: torch.device | str = "cpu"):
+        if method not in METHODS:
+            raise ValueError(f"method={method!r}: must be one of {', '.join(METHODS)}")
+        if amp not in AMP_MODES:
+            raise ValueError(f"amp={amp!r}: must be one of {', '.join(AMP_MODES)}")
+        two_pass = isinstance(optimizer, (SAM, TopkCrAM, NMTopkCrAM))
+        if two_pass != (method != "sgd"):
+            raise ValueError(f"method={method!r} does not match optimizer {type(optimizer).__name__}")
+        self.model, self.optimizer, self.method = model, optimizer, method
+        self.device = torch.device(device)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _loss(self, x, y):
+        with self.autocast():
+            logits = self.model(x)
+            return logits, self.criterion(logits, y)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        self.optimizer.zero_grad()
+        logits, loss = self._loss(x, y)
+        out = StepOutput(loss.detach(), (logits.detach().argmax(1) == y).sum())
+        if self.method == "sgd":
+            self._sgd(loss)
+        elif self.scaler is None:
+            self._two_pass(x, y, loss)
+        else:
+            out.skipped = self._two_pass_fp16(x, y, loss)
+        return out
+
+    def _sgd(self, loss):
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+    def _second_backward(self, x, y, scale: bool):
+        disable_running_stats(self.model)
+        try:
+            _, loss = self._loss(x, y)
+            (self.scaler.scale(loss) if scale else loss).backward()
+        finally:
+            enable_running_stats(self.model)
+
+    def _two_pass(self, x, y, loss):
+        loss.backward()
+        self.optimizer.first_step(zero_grad=True)
+        self._second_backward(x, y, scale=False)
+        self.optimizer.second_step()
+
+    def _two_pass_fp16(self, x, y, loss) -> bool:
+        scaler, opt = self.scaler, self.optimizer
+        scaler.scale(loss).backward()
+        grads = _grads(opt)
+        found = torch.zeros(1, device=self.device)
+        inv_scale = torch.full((1,), 1.0 / scaler.get_scale(), device=self.device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv_scale)
+        if found.item():
+            scaler.unscale_(opt)  # records the overflow, so update() backs the scale off
+            opt.zero_grad()
+            scaler.update()
+            return True
+        opt.first_step(zero_grad=True)
+        self._second_backward(x, y, scale=True)
+        scaler.unscale_(opt)
+        if _non_finite(_grads(opt)):
+            opt.discard_step()
+            opt.zero_grad()
+            scaler.update()
+            return True
+        opt.second_step()
+        scaler.update()
+        return False
+
+
+def make_optimizer(method: str, params, *, lr: float, momentum: float, weight_decay: float,
+                   nesterov: bool = False, rho: float = 0.05, sparsities=(0.5, 0.7, 0.9),
+                   patterns=((2, 4), (4, 8)), plus_version: bool = True, sparse_grad: bool = True,
+                   scope: str = "global", grad_norm: bool = False, seed: int = 0):
+    """The base SGD (momentum, weight decay), wrapped per `method`."""
+    sgd = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    if method == "sgd":
+        return torch.optim.SGD(params, **sgd)
+    if method == "sam":
+        return SAM(params, torch.optim.SGD, rho=rho, **sgd)
+    common = dict(rho=rho, grad_norm=grad_norm, plus_version=plus_version,
+                  sparse_grad=sparse_grad, seed=seed)
+    if method == "cram":
+        return TopkCrAM(params, torch.optim.SGD, sparsities=sparsities, scope=scope, **common, **sgd)
+    if method == "cram_nm":
+        return NMTopkCrAM(params, torch.optim.SGD, patterns=patterns, **common, **sgd)
+    raise ValueError(f"method={method!r}: must be one of {', '.join(METHODS)}")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = True):
+    """One group, or (decay_all=False) no weight decay on tensors of rank <= 1 (BN, biases),
+    chosen by tensor rank rather than by parameter names."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay_all:
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [{"params": [p for p in params if p.dim() > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]

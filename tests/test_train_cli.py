@@ -1,0 +1,151 @@
+"""train_cifar.py / train_imagenet.py end to end: outputs, torchrun, resume, config checks, wandb."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ffcv_cram.data.convert import convert
+from ffcv_cram.data.synthetic import generate
+from ffcv_cram.models import get_model
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train_data")
+    generate(base / "shapes", classes=4, train_per_class=48, val_per_class=8, size=32, workers=1)
+    paths = {}
+    for split in ("train", "val"):
+        paths[split] = str(base / f"{split}.beton")
+        convert("folder", split, str(base / "shapes" / split), paths[split], num_workers=1,
+                progress=False)
+    return paths
+
+
+def args(data, folder, *extra, epochs=2):
+    return [f"--data.train_dataset={data['train']}", f"--data.val_dataset={data['val']}",
+            f"--logging.folder={folder}", f"--training.epochs={epochs}", "--training.batch_size=32",
+            "--lr.warmup_epochs=0", "--data.num_workers=1", "--training.device=cpu", *extra]
+
+
+def train(*argv, script="train_cifar.py", timeout=600):
+    return subprocess.run([sys.executable, str(ROOT / script), *argv], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=ENV)
+
+
+def log_lines(folder):
+    return [json.loads(line) for line in (Path(folder) / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_cram_run_leaves_a_complete_run_folder(data, tmp_path):
+    folder = tmp_path / "run"
+    proc = train(*args(data, folder), "--logging.wandb_project=ffcv-cram-tests",
+                 "--logging.wandb_mode=offline")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {"config.json", "log.jsonl", "checkpoint_last.pt", "final_weights.pt"} <= set(os.listdir(folder))
+    lines = log_lines(folder)
+    assert [line["epoch"] for line in lines] == [0, 1]
+    for line in lines:
+        assert {"train_loss", "train_top1", "lr", "images_per_s", "epoch_time_s", "val_top1",
+                "val_top5", "sparsity_draws"} <= set(line)
+        assert sum(line["sparsity_draws"].values()) == 6  # 192 images / 32 per step
+    config = json.loads((folder / "config.json").read_text())
+    assert config["training"]["optimizer"] == "cram" and config["cram"]["rho"] == 0.2
+    model = get_model("resnet20", 4)
+    model.load_state_dict(torch.load(folder / "final_weights.pt"))  # plain state_dict, strict
+    assert any(p.name.startswith("offline-run") for p in (folder / "wandb").iterdir())
+    again = train(*args(data, folder))
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(data, tmp_path):
+    folder = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(ROOT / "train_cifar.py"),
+                           *args(data, folder, "--training.batch_size=16")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = log_lines(folder)
+    assert [line["epoch"] for line in lines] == [0, 1]
+    assert sum(lines[0]["sparsity_draws"].values()) == 6  # 96 images per rank / 16
+    assert lines[-1]["val_top1"] >= 0 and (folder / "final_weights.pt").exists()
+    get_model("resnet20", 4).load_state_dict(torch.load(folder / "final_weights.pt"))
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_is_bit_identical(data, tmp_path):
+    extra = ("--training.deterministic=1",)
+    whole = tmp_path / "whole"
+    assert train(*args(data, whole, *extra, epochs=3)).returncode == 0
+    part = tmp_path / "part"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train_cifar.py"),
+                             *args(data, part, *extra, epochs=3)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+    deadline = time.time() + 300
+    while not (part / "checkpoint_last.pt").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0 and not (part / "final_weights.pt").exists()
+    resumed = train(*args(data, part, *extra, epochs=3))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = torch.load(whole / "final_weights.pt"), torch.load(part / "final_weights.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [line["epoch"] for line in log_lines(part)] == [0, 1, 2]
+    assert log_lines(part)[-1]["train_loss"] == log_lines(whole)[-1]["train_loss"]
+    changed = train(*args(data, part, "--cram.rho=0.1", epochs=3))
+    assert changed.returncode == 2 and "cram.rho" in changed.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--training.optimzer=sgd"], "unrecognized arguments: --training.optimzer=sgd"),
+    (["--training.epochs=two"], "--training.epochs='two'"),
+    (["--training.amp=fp8"], "--training.amp='fp8'"),
+    (["--cram.sparsities=0.5,1.2"], "--cram.sparsities"),
+    (["--cram.patterns=5:4"], "N must"),
+    (["--resolution.min_res=64"], "cifar style"),
+    (["--model.arch=resnet21"], "unknown model"),
+])
+def test_bad_arguments_exit_2_naming_the_key(data, tmp_path, argv, message):
+    proc = train(*args(data, tmp_path / "x"), *argv)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_yaml_config_unknown_key_and_overrides(data, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  optimizer: sgd\n  epoch: 3\n")
+    proc = train(*args(data, tmp_path / "x"), f"--config-file={bad}")
+    assert proc.returncode == 2 and "unknown key 'training.epoch'" in proc.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("training:\n  optimizer: sgd\n  epochs: 1\nmodel:\n  arch: resnet20\n")
+    folder = tmp_path / "y"
+    proc = train(f"--config-file={good}", *args(data, folder, epochs=1), "--lr.lr=0.05",
+                 "--data.val_dataset=")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["training"]["optimizer"] == "sgd" and config["lr"]["lr"] == 0.05
+    assert "val_top1" not in log_lines(folder)[0]
+
+
+def test_imagenet_script_needs_resolutions_and_trains(data, tmp_path):
+    folder = tmp_path / "inet"
+    proc = train(*args(data, folder, epochs=1), "--model.arch=resnet18", "--resolution.min_res=32",
+                 "--resolution.max_res=64", "--resolution.end_ramp=1", "--resolution.val_res=32",
+                 "--training.optimizer=sam", "--training.amp=bf16", "--model.blurpool=1",
+                 "--validation.flip_tta=1", "--lr.schedule=cyclic", "--lr.peak_epoch=0.5",
+                 script="train_imagenet.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = log_lines(folder)[0]
+    assert line["resolution"] == 32 and "val_top1" in line and line["sparsity_draws"] == {}
