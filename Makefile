@@ -1,4 +1,4 @@
-# The two commands of the README: `make test` and (later) `make demo`. Everything they need is
+# The two commands of the README: `make demo` and `make test`. Everything they need is
 # installed from scratch: Debian build dependencies of ffcv, a virtualenv, the package.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev g++
 export WANDB_MODE ?= offline
 
-.PHONY: setup test clean system-deps
+.PHONY: setup test demo clean system-deps
 
 setup: system-deps $(VENV)/.installed
 
@@ -29,5 +29,9 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
+# the whole pipeline on a generated dataset: convert, train CrAM+ and SGD, prune and compare
+demo: setup
+	$(PY) -m ffcv_cram.demo --out demo_out
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info demo_out

@@ -87,10 +87,13 @@ class FloatList(Checker):
 class StrList(Checker):
     """Comma-separated strings (or a YAML list), e.g. 2:4,4:8."""
 
+    def __init__(self, allow_empty: bool = False):
+        self.allow_empty = allow_empty
+
     def check(self, value):
         items = value if isinstance(value, (list, tuple)) else str(value).split(",")
         result = [str(x).strip() for x in items if str(x).strip()]
-        if not result:
+        if not result and not self.allow_empty:
             raise ValueError(value)
         return result
 

@@ -65,6 +65,7 @@ def _dist_rank_world() -> tuple[int, int]:
 class ImageLoader:
     """An FFCV loader of (images, labels) batches.
 
+    `indices` restricts the loader to those samples (e.g. a seeded calibration subset).
     style 'imagenet': train = RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip (FFCV's ops),
     val = center crop of `crop_ratio` resized to `resolution`; style 'cifar': train = flip + random
     translate by up to 4 px, seeded per (seed, epoch, batch) so runs replay exactly
@@ -76,7 +77,8 @@ class ImageLoader:
                  dtype: torch.dtype = torch.float32, distributed: bool = False,
                  rank: int | None = None, world_size: int | None = None, in_memory: bool = True,
                  seed: int = 0, drop_last: bool | None = None, order: str | None = None,
-                 crop_ratio: float = DEFAULT_CROP_RATIO, channels_last: bool = True):
+                 crop_ratio: float = DEFAULT_CROP_RATIO, channels_last: bool = True,
+                 indices=None):
         if not os.path.isfile(path):
             raise LoaderError(f"{path}: no such .beton file (write it with write_datasets.py)")
         if style not in STYLES:
@@ -115,7 +117,8 @@ class ImageLoader:
             path, batch_size=batch_size, num_workers=num_workers or os.cpu_count() or 1,
             os_cache=in_memory, seed=seed, drop_last=train if drop_last is None else drop_last,
             order=OrderOption.QUASI_RANDOM if order == "quasi_random" else OrderOption.SEQUENTIAL,
-            pipelines={"image": image_ops, "label": label_ops})
+            pipelines={"image": image_ops, "label": label_ops},
+            indices=None if indices is None else np.asarray(indices, dtype=np.uint64))
         if order != "quasi_random":
             self.loader.traversal_order = ShardedOrder(self.loader, rank, world_size,
                                                        shuffle=order == "random")

@@ -1,0 +1,75 @@
+"""One-shot pruning sweeps with batch-norm tuning: accuracy vs sparsity for one or more checkpoints.
+
+    python eval_sparse.py --eval.checkpoint=runs/cram/final_weights.pt,runs/sgd/final_weights.pt \
+        --eval.labels=CrAM+,SGD --model.arch=resnet50 --data.val_dataset=val.beton \
+        --data.calib_dataset=calib_1000.beton --prune.method=global,nm \
+        --prune.sparsities=0.5,0.7,0.8,0.9 --prune.nm=2:4,4:8 --out.dir=sweeps/rn50
+"""
+import signal
+import sys
+
+from fastargs import Param, Section
+from fastargs.validation import OneOf
+
+from ffcv_cram.config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
+
+Section("eval", "checkpoints and evaluation").params(
+    checkpoint=Param(StrList(), "checkpoint file(s), comma-separated", required=True),
+    labels=Param(StrList(allow_empty=True), "a name per checkpoint (default: file names)", default=""),
+    batch_size=Param(IntRange(1), "evaluation batch size", default=256),
+    device=Param(OneOf(["auto", "cpu", "cuda"]), "auto: cuda when available", default="auto"),
+)
+Section("model", "architecture").params(
+    arch=Param(str, "resnet50, resnet20, ... (as for training)", default="resnet50"),
+    num_classes=Param(IntRange(0), "0: from <val_dataset>.classes.json", default=0),
+    blurpool=Param(Flag(), "the checkpoint was trained with --model.blurpool=1", default=False),
+)
+Section("data", "datasets").params(
+    val_dataset=Param(str, "validation .beton", required=True),
+    calib_dataset=Param(str, "calibration .beton (e.g. write_datasets.py --cfg.calibration)", default=""),
+    train_dataset=Param(str, "or: training .beton to draw --bnt.calib_size images from", default=""),
+    style=Param(OneOf(["imagenet", "cifar"]), "pipeline style", default="imagenet"),
+    resolution=Param(IntRange(1), "imagenet style: evaluation and calibration resolution", default=224),
+    num_workers=Param(IntRange(0), "loader threads (0: one per core)", default=0),
+    in_memory=Param(Flag(), "keep the datasets in the OS page cache", default=True),
+)
+Section("prune", "one-shot pruning").params(
+    method=Param(StrList(), "global | uniform | nm (several: comma-separated)", default="global"),
+    sparsities=Param(FloatList(), "global/uniform target sparsities", default="0.5,0.7,0.8,0.9"),
+    nm=Param(StrList(), "N:M patterns for method nm", default="2:4"),
+)
+Section("bnt", "batch-norm tuning").params(
+    batches=Param(IntRange(1), "calibration batches (reference: 100)", default=100),
+    batch_size=Param(IntRange(1), "calibration batch size (reference: 128)", default=128),
+    augment=Param(Flag(), "train-time augmentation on calibration images (reference: on)", default=True),
+    momentum=Param(str, "BN momentum: a number (reference 0.1) or 'cumulative'", default="0.1"),
+    calib_size=Param(IntRange(1), "with --data.train_dataset: images drawn (reference 1000)", default=1000),
+    seed=Param(int, "seed of the calibration subset and its order", default=0),
+)
+Section("out", "outputs").params(
+    dir=Param(str, "folder for results.json, results.csv, accuracy_vs_sparsity.png", required=True),
+    save_pruned=Param(Flag(), "also save each pruned + BNT model (state_dict and masks)", default=False),
+)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    cfg = parse(__doc__.splitlines()[0], argv)
+    try:
+        from ffcv_cram.sparsity.job import run_sweep  # torch, ffcv: after the arguments parse
+        rows, paths, table = run_sweep(cfg)
+    except UsageError as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail("interrupted; results are written only when the sweep completes", 130)
+    print(table)
+    print(f"results: {paths['json']}, {paths['csv']}\nplot: {paths['png']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The eval_sparse.py job: every check first, then loaders, the sweep and the reports."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from ..config import UsageError
+from ..models import available_models, get_model
+from ..optim.cram import parse_pattern
+from ..train.dist import resolve_device
+from .checkpoints import CheckpointError, check_fits, load_state_dict
+from .report import text_table, write_reports
+from .sweep import SweepSettings, sweep_checkpoint, targets
+
+METHODS = ("global", "uniform", "nm")
+
+
+def _momentum(text: str) -> float | None:
+    if text.strip().lower() == "cumulative":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--bnt.momentum={text!r}: a number in (0, 1] or 'cumulative'") from None
+    if not 0 < value <= 1:
+        raise UsageError(f"--bnt.momentum={text!r}: a number in (0, 1] or 'cumulative'")
+    return value
+
+
+def _labels_of(path: str) -> np.ndarray:
+    from ffcv.reader import Reader
+    reader = Reader(path)
+    position = list(reader.handlers).index("label")
+    return np.asarray(reader.metadata[f"f{position}"])
+
+
+def _num_classes(cfg) -> int:
+    if cfg["model"]["num_classes"]:
+        return cfg["model"]["num_classes"]
+    classes = cfg["data"]["val_dataset"] + ".classes.json"
+    if not os.path.isfile(classes):
+        raise UsageError(f"--model.num_classes not given and {classes} not found; pass it explicitly")
+    with open(classes) as f:
+        return len(json.load(f))
+
+
+def check(cfg: dict):
+    """All refusals, before any work. Returns (points, labels, momentum, num_classes)."""
+    e, d, p, b = cfg["eval"], cfg["data"], cfg["prune"], cfg["bnt"]
+    for method in p["method"]:
+        if method not in METHODS:
+            raise UsageError(f"--prune.method={method!r}: must be one of {', '.join(METHODS)}")
+    bad = [s for s in p["sparsities"] if not 0 <= s < 1]
+    if bad:
+        raise UsageError(f"--prune.sparsities: {bad[0]} is outside [0, 1)")
+    try:
+        patterns = [parse_pattern(x) for x in p["nm"]]
+    except ValueError as err:
+        raise UsageError(f"--prune.nm: {err}") from None
+    labels = e["labels"] or [_default_label(c) for c in e["checkpoint"]]
+    if len(labels) != len(e["checkpoint"]):
+        raise UsageError(f"--eval.labels: {len(labels)} labels for {len(e['checkpoint'])} checkpoints")
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"--eval.labels: names must differ ({', '.join(labels)})")
+    if bool(d["calib_dataset"]) == bool(d["train_dataset"]):
+        raise UsageError("give exactly one of --data.calib_dataset (a calibration .beton) or "
+                         "--data.train_dataset (with --bnt.calib_size and --bnt.seed)")
+    for key in ("val_dataset", "calib_dataset", "train_dataset"):
+        if d[key] and not os.path.isfile(d[key]):
+            raise UsageError(f"--data.{key}={d[key]}: no such file (write it with write_datasets.py)")
+    if cfg["model"]["arch"] not in available_models():
+        raise UsageError(f"--model.arch={cfg['model']['arch']!r}: unknown model")
+    momentum = _momentum(b["momentum"])
+    num_classes = _num_classes(cfg)
+    top = int(_labels_of(d["val_dataset"]).max())
+    if top >= num_classes:
+        raise UsageError(f"{d['val_dataset']}: holds label {top} but the model has {num_classes} "
+                         "classes; check --model.num_classes")
+    return targets(p["method"], p["sparsities"], patterns), labels, momentum, num_classes
+
+
+def _default_label(path: str) -> str:
+    name = os.path.splitext(os.path.basename(path))[0]
+    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return f"{parent}/{name}" if name in ("final_weights", "checkpoint_last") and parent else name
+
+
+def _load_all(cfg, model) -> list[dict]:
+    states = []
+    for path in cfg["eval"]["checkpoint"]:
+        try:
+            state = load_state_dict(path)
+            check_fits(model, state, path, cfg["model"]["arch"])
+        except CheckpointError as err:
+            raise UsageError(str(err)) from None
+        states.append(state)
+    return states
+
+
+def _calibration_indices(cfg) -> np.ndarray | None:
+    d, b = cfg["data"], cfg["bnt"]
+    if d["calib_dataset"]:
+        return None
+    n = len(_labels_of(d["train_dataset"]))
+    if b["calib_size"] > n:
+        raise UsageError(f"--bnt.calib_size={b['calib_size']} but {d['train_dataset']} holds {n} images")
+    return np.sort(np.random.default_rng(b["seed"]).choice(n, b["calib_size"], replace=False))
+
+
+def run_sweep(cfg: dict):
+    """Check, sweep, report. Returns (rows, output paths, printed table)."""
+    points, labels, momentum, num_classes = check(cfg)
+    try:
+        device = resolve_device(cfg["eval"]["device"])
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    model = get_model(cfg["model"]["arch"], num_classes, cfg["model"]["blurpool"])
+    states = _load_all(cfg, model)
+    indices = _calibration_indices(cfg)
+    from ..data.pipelines import ImageLoader
+    d, b = cfg["data"], cfg["bnt"]
+    common = dict(style=d["style"], resolution=d["resolution"], num_workers=d["num_workers"],
+                  device=device, in_memory=d["in_memory"])
+    val = ImageLoader(d["val_dataset"], train=False, batch_size=cfg["eval"]["batch_size"], **common)
+    calib = ImageLoader(d["calib_dataset"] or d["train_dataset"], train=b["augment"],
+                        batch_size=b["batch_size"], drop_last=False, seed=b["seed"],
+                        indices=indices, **common)
+    model = model.to(device, memory_format=torch.channels_last)
+    settings = SweepSettings(
+        bnt_batches=b["batches"], bnt_momentum=momentum,
+        amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
+        save_pruned_dir=os.path.join(cfg["out"]["dir"], "pruned") if cfg["out"]["save_pruned"] else None)
+    rows = []
+    for label, path, state in zip(labels, cfg["eval"]["checkpoint"], states):
+        rows += sweep_checkpoint(label, path, model, state, val, calib, points, settings, device)
+    paths = write_reports(rows, cfg["out"]["dir"])
+    return rows, paths, text_table(rows)

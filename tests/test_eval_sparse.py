@@ -1,0 +1,150 @@
+"""eval_sparse.py and the demo: sweep outputs, checkpoint formats, refusals, BNT's effect."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ffcv_cram.data.convert import convert
+from ffcv_cram.data.pipelines import ImageLoader
+from ffcv_cram.data.synthetic import generate
+from ffcv_cram.models import get_model
+from ffcv_cram.sparsity import prune_model, tune_batchnorm
+from ffcv_cram.train.evaluate import evaluate
+from ffcv_cram.train.schedule import lr_at
+from ffcv_cram.train.step import TrainStep, make_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "offline"}
+
+
+def eval_sparse(*argv, timeout=600):
+    return subprocess.run([sys.executable, str(ROOT / "eval_sparse.py"), *argv], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo's whole pipeline in a reduced size (this is also the demo's own test)."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    proc = subprocess.run([sys.executable, "-m", "ffcv_cram.demo", "--quick", "--out", str(out),
+                           "--device", "cpu"], capture_output=True, text=True, timeout=1200,
+                          cwd=ROOT, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_outputs_agree_with_the_printed_table(demo):
+    out, stdout = demo
+    rows = json.loads((out / "sweep" / "results.json").read_text())
+    assert len(rows) == 12  # 2 checkpoints x (5 global sparsities + 2:4)
+    required = {"label", "checkpoint", "method", "sparsity", "pattern", "dense_top1", "dense_top5",
+                "pruned_top1", "pruned_top5", "bnt_top1", "bnt_top5", "achieved_sparsity",
+                "model_sparsity"}
+    assert all(required <= set(r) for r in rows)
+    with open(out / "sweep" / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows)
+    for r, c in zip(rows, table):
+        assert c["label"] == r["label"] and float(c["bnt_top1"]) == pytest.approx(r["bnt_top1"])
+        line = f"{r['pruned_top1']:.1f} / {r['bnt_top1']:.1f}"
+        assert line in stdout  # the summary printed at the end shows every row
+        if r["pattern"] is None:
+            assert r["achieved_sparsity"] == pytest.approx(r["sparsity"], abs=1e-5)
+        else:
+            assert r["pattern"] == "2:4" and r["achieved_sparsity"] == 0.5
+    image = Image.open(out / "sweep" / "accuracy_vs_sparsity.png")
+    image.verify()
+    assert image.format == "PNG"
+    assert "$ python train_cifar.py" in stdout and "plot:" in stdout
+
+
+@pytest.mark.slow
+def test_every_checkpoint_format_gives_the_same_result(demo, tmp_path):
+    out, _ = demo
+    plain = torch.load(out / "runs" / "cram" / "final_weights.pt")
+    torch.save({f"module.{k}": v for k, v in plain.items()}, tmp_path / "ddp.pt")
+    torch.save({"epoch": 2, "model_config": {"arch": "resnet20"}, "model_state_dict": plain,
+                "optimizer": {"state_dict": {}}, "lr_scheduler": {}}, tmp_path / "reference.pt")
+    paths = [out / "runs/cram/final_weights.pt", out / "runs/cram/checkpoint_last.pt",
+             tmp_path / "ddp.pt", tmp_path / "reference.pt"]
+    proc = eval_sparse("--eval.checkpoint=" + ",".join(map(str, paths)),
+                       "--eval.labels=plain,ours,ddp,reference", "--model.arch=resnet20",
+                       "--data.style=cifar", f"--data.val_dataset={out / 'val.beton'}",
+                       f"--data.train_dataset={out / 'train.beton'}", "--bnt.calib_size=40",
+                       "--bnt.batches=2", "--prune.method=nm", "--prune.nm=2:4",
+                       "--eval.device=cpu", "--out.save_pruned=1", f"--out.dir={tmp_path / 'o'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert len({(r["dense_top1"], r["pruned_top1"], r["bnt_top1"]) for r in rows}) == 1
+    saved = torch.load(tmp_path / "o" / "pruned" / "plain_nm2-4.pt")
+    for name, mask in saved["masks"].items():  # the N:M pattern holds in every pruned layer
+        w = saved["state_dict"][name]
+        groups = (w.movedim(1, -1) if w.dim() > 2 else w).reshape(-1, 4)
+        assert bool(((groups != 0).sum(1) <= 2).all()) and torch.equal(w != 0, mask)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model.arch=resnet18_cifar"], "does not fit --model.arch=resnet18_cifar: missing"),
+    (["--model.num_classes=2"], "holds label 3 but the model has 2 classes"),
+    (["--prune.sparsities=0.5,1.0"], "1.0 is outside [0, 1)"),
+    (["--prune.method=nm", "--prune.nm=5:4"], "N must"),
+    (["--prune.method=magnitude"], "--prune.method='magnitude'"),
+    (["--data.train_dataset=x.beton"], "exactly one of"),
+    (["--eval.labels=a,b"], "2 labels for 1 checkpoints"),
+    (["--bnt.momentum=fast"], "--bnt.momentum='fast'"),
+])
+@pytest.mark.slow
+def test_refusals_before_any_work(demo, tmp_path, argv, message):
+    out, _ = demo
+    base = [f"--eval.checkpoint={out / 'runs/sgd/final_weights.pt'}", "--model.arch=resnet20",
+            "--data.style=cifar", f"--data.val_dataset={out / 'val.beton'}",
+            f"--data.calib_dataset={out / 'calib.beton'}", f"--out.dir={tmp_path / 'o'}"]
+    proc = eval_sparse(*base, *argv)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_checkpoint_is_refused(tmp_path):
+    proc = eval_sparse(f"--eval.checkpoint={tmp_path / 'none.pt'}", "--model.arch=resnet20",
+                       "--model.num_classes=10", f"--data.val_dataset={tmp_path / 'v.beton'}",
+                       f"--data.calib_dataset={tmp_path / 'c.beton'}", f"--out.dir={tmp_path / 'o'}")
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bnt_restores_accuracy_after_pruning(tmp_path):
+    generate(tmp_path / "shapes", classes=10, train_per_class=200, val_per_class=50, size=32)
+    for split in ("train", "val"):
+        convert("folder", split, str(tmp_path / "shapes" / split), str(tmp_path / f"{split}.beton"),
+                progress=False)
+    torch.manual_seed(0)
+    train = ImageLoader(str(tmp_path / "train.beton"), train=True, batch_size=64, style="cifar",
+                        num_workers=1)
+    val = ImageLoader(str(tmp_path / "val.beton"), train=False, batch_size=100, style="cifar",
+                      num_workers=1)
+    model = get_model("resnet20", 10).to(memory_format=torch.channels_last)
+    opt = make_optimizer("sgd", model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    step = TrainStep(model, opt, "sgd")
+    epochs = 6
+    for epoch in range(epochs):
+        model.train()
+        for i, (x, y) in enumerate(train):
+            opt.param_groups[0]["lr"] = lr_at(epoch + i / len(train), schedule="cosine", lr=0.1,
+                                              epochs=epochs, warmup_epochs=1)
+            step(x, y)
+    dense = evaluate(model, val)["top1"]
+    prune_model(model, "global", 0.8)
+    pruned = evaluate(model, val)["top1"]
+    tune_batchnorm(model, train, num_batches=10)
+    tuned = evaluate(model, val)["top1"]
+    assert dense > 60, dense  # the model did learn (chance: 10 %)
+    print(f"dense {dense:.1f}, pruned to 80 % {pruned:.1f}, after BNT {tuned:.1f}")
+    assert tuned >= pruned + 10, (dense, pruned, tuned)
