@@ -1,13 +1,15 @@
 """Test environment: offline wandb, Triton kernels in the CPU interpreter, deterministic torch."""
 import os
 
-# must be set before triton or wandb is imported anywhere
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("WANDB_SILENT", "true")
+import pytest
+import torch  # does not import triton
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# must be set before triton or wandb is imported anywhere. Without a GPU, Triton kernels run in
+# its CPU interpreter; with one they compile (the interpreter cannot read device memory)
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""Faster backends of `ffcv_cram.sparsity.masks` (numba on the CPU).
+"""Faster backends of `ffcv_cram.sparsity.masks` and the CrAM step: numba on the CPU
+(`cpu_select`), Triton on CUDA (`triton_select`, `triton_nm`, `triton_step`).
 
 They compute exactly what the torch path computes and are tested equal to it. Set
 FFCV_CRAM_KERNELS=0 to force the plain torch path everywhere (for debugging or comparison).

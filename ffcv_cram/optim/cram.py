@@ -13,50 +13,100 @@ from collections.abc import Sequence
 
 import torch
 
-from ..sparsity.masks import check_nm, check_sparsity, compress_, nm_masks
+from ..sparsity.masks import (check_nm, check_sparsity, compress_, nm_groupable, nm_masks,
+                              selection_groups)
 from .two_pass import TwoPassOptimizer
 
 
 class _CompressedTwoPass(TwoPassOptimizer):
-    """Shared CrAM machinery; subclasses choose and apply this step's masks in `_compress`."""
+    """Shared CrAM machinery; subclasses choose and apply this step's masks.
+
+    Two implementations of the step, equal bit for bit: torch ops (any device and dtype), and
+    fused Triton passes (`ffcv_cram.kernels.triton_step`) for float32 parameters on CUDA, with no
+    host synchronisation. `kernels=None` picks the fused path when it applies, False forces torch
+    ops (also FFCV_CRAM_KERNELS=0), True requires the fused path (on the CPU: TRITON_INTERPRET=1).
+    """
 
     def __init__(self, params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
-                 **base_kwargs):
+                 kernels=None, **base_kwargs):
         super().__init__(params, base_optimizer, rho=rho, **base_kwargs)
+        if kernels not in (None, True, False):
+            raise ValueError(f"kernels={kernels!r}: must be None (automatic), True or False")
         self.use_grad_norm = bool(grad_norm)
         self.plus_version = bool(plus_version)
         self.sparse_grad = bool(sparse_grad)
+        self.kernels = kernels
         self.generator = torch.Generator().manual_seed(int(seed))
-        self._step_masks: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._step_masks: list[torch.Tensor | None] = []  # aligned with the moved parameters
+        self._fused = False
 
     def _perturb(self, groups, moved):
+        self._fused = bool(moved) and self._fused_path_applies(moved)
+        if self._fused:
+            from ..kernels.triton_step import Perturbation
+            prunable = [p.dim() > 1 for p in moved]
+            masks = [self.buffer(p, "mask", torch.bool) if flag else None
+                     for p, flag in zip(moved, prunable)]
+            perturbation = Perturbation(
+                [p.grad for p in moved], [self.buffer(p, "w") for p in moved],
+                [self.buffer(p, "g") for p in moved] if self.plus_version else None,
+                [group["rho"] for group, params in groups for _ in params],
+                self._inv_grad_norm(moved))
+            self._step_masks = self._perturb_and_compress_fused(moved, perturbation, masks)
+            return
+        self.save_weights(moved)
         if not moved:
             return
         if self.plus_version:
             torch._foreach_copy_([self.buffer(p, "g") for p in moved], [p.grad for p in moved])
-        inv_norm = 1.0 / (self.grad_norm(moved) + 1e-12) if self.use_grad_norm else None
+        inv_norm = self._inv_grad_norm(moved)
         for group, params in groups:
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            if inv_norm is None:
-                torch._foreach_add_(params, grads, alpha=group["rho"])
-            else:
-                torch._foreach_add_(params, torch._foreach_mul(grads, inv_norm * group["rho"]))
+            if params:  # rho * g rounded before the add, as in the fused path (no FMA)
+                scale = group["rho"] if inv_norm is None else inv_norm * group["rho"]
+                torch._foreach_add_(params, torch._foreach_mul([p.grad for p in params], scale))
         prunable = [p for p in moved if p.dim() > 1]
-        self._step_masks = [(p, mask) for p, mask in zip(prunable, self._compress(prunable))
-                            if mask is not None]
+        masks = iter(self._compress(prunable))
+        self._step_masks = [next(masks) if p.dim() > 1 else None for p in moved]
+
+    def _inv_grad_norm(self, moved):
+        return 1.0 / (self.grad_norm(moved) + 1e-12) if self.use_grad_norm else None
+
+    def _fused_path_applies(self, moved) -> bool:
+        if self.kernels is False:
+            return False
+        from ..kernels import triton_layout as layout
+        applies = (layout.kernels_usable(moved[0].device, explicit=self.kernels is True)
+                   and layout.tensors_fit(moved)
+                   and all(p.grad.dtype == p.dtype and layout.same_layout(p.grad, p)
+                           for p in moved))
+        if self.kernels is True and not applies:
+            raise RuntimeError(
+                f"{type(self).__name__}(kernels=True): the fused step needs dense float32 "
+                "parameters and gradients with at most 4 dims on one CUDA device (on the CPU: "
+                "TRITON_INTERPRET=1) and FFCV_CRAM_KERNELS not 0; pass kernels=None to fall back")
+        return applies
 
     def _finish(self, moved):
+        masks, self._step_masks = self._step_masks, []
+        if self._fused and all(p.grad is not None for p in moved):
+            from ..kernels.triton_step import finish
+            finish(moved, [p.grad for p in moved], [self.buffer(p, "w") for p in moved],
+                   [self.buffer(p, "g") for p in moved] if self.plus_version else None,
+                   masks if self.sparse_grad else None)
+            return
         if self.sparse_grad:
-            for p, mask in self._step_masks:
-                if p.grad is not None:
+            for p, mask in zip(moved, masks):
+                if mask is not None and p.grad is not None:
                     p.grad.mul_(mask.view(torch.uint8))
-        self._step_masks = []
         self.restore_and_add_saved_grad(moved, self.plus_version)
 
     def _compress(self, prunable) -> list:
-        """Zero the pruned weights in place; return the keep-masks (None: tensor left dense)."""
+        """Torch path: zero the pruned weights in place; return the keep-masks (None: dense)."""
+        raise NotImplementedError
+
+    def _perturb_and_compress_fused(self, moved, perturbation, masks) -> list:
+        """Fused path: perturb every moved parameter, compress the prunable ones (those with a
+        mask buffer); return the masks used, aligned with `moved` (None: dense)."""
         raise NotImplementedError
 
 
@@ -80,7 +130,8 @@ class TopkCrAM(_CompressedTwoPass):
     def __init__(self, params, base_optimizer, rho: float = 0.05,
                  sparsities: Sequence[float] = (0.5, 0.7, 0.9), grad_norm: bool = False,
                  plus_version: bool = True, sparse_grad: bool = True, scope: str = "global",
-                 seed: int = 0, unif_prune: bool | None = None, **base_kwargs):
+                 seed: int = 0, unif_prune: bool | None = None, kernels: bool | None = None,
+                 **base_kwargs):
         if unif_prune:  # the reference's spelling of scope='uniform'
             scope = "uniform"
         if scope not in ("global", "uniform"):
@@ -89,12 +140,24 @@ class TopkCrAM(_CompressedTwoPass):
         self.scope = scope
         self.last_sparsity: float | None = None
         super().__init__(params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
-                         **base_kwargs)
+                         kernels, **base_kwargs)
 
     def _compress(self, prunable):
         self.last_sparsity = self.sparsities[self.draw(len(self.sparsities))]
         out = [self.buffer(p, "mask", torch.bool) for p in prunable]
-        return compress_(prunable, self.last_sparsity, self.scope, out=out)
+        return compress_(prunable, self.last_sparsity, self.scope, out=out,
+                         kernels=False if self.kernels is False else None)
+
+    def _perturb_and_compress_fused(self, moved, perturbation, masks):
+        from ..kernels.triton_step import perturb_and_select
+        self.last_sparsity = self.sparsities[self.draw(len(self.sparsities))]
+        prunable = [p for p, mask in zip(moved, masks) if mask is not None]
+        prunable_groups, counts = selection_groups(prunable, self.last_sparsity, self.scope)
+        groups, selected = [], iter(prunable_groups)
+        for mask in masks:
+            groups.append(-1 if mask is None else next(selected))
+        perturb_and_select(moved, perturbation, groups, counts, masks)
+        return masks
 
 
 def parse_pattern(pattern) -> tuple[int, int]:
@@ -118,7 +181,8 @@ class NMTopkCrAM(_CompressedTwoPass):
 
     def __init__(self, params, base_optimizer, rho: float = 0.05,
                  patterns=((2, 4), (4, 8)), grad_norm: bool = False, plus_version: bool = True,
-                 sparse_grad: bool = True, seed: int = 0, **base_kwargs):
+                 sparse_grad: bool = True, seed: int = 0, kernels: bool | None = None,
+                 **base_kwargs):
         if isinstance(patterns, str) or (len(patterns) == 2 and all(isinstance(x, int) for x in patterns)):
             patterns = (patterns,)
         self.patterns = tuple(parse_pattern(p) for p in patterns)
@@ -126,12 +190,24 @@ class NMTopkCrAM(_CompressedTwoPass):
             raise ValueError("patterns: must list at least one N:M pattern, e.g. ((2, 4), (4, 8))")
         self.last_pattern: tuple[int, int] | None = None
         super().__init__(params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
-                         **base_kwargs)
+                         kernels, **base_kwargs)
 
     def _compress(self, prunable):
         self.last_pattern = self.patterns[self.draw(len(self.patterns))]
-        masks = nm_masks(prunable, *self.last_pattern)
+        masks = nm_masks(prunable, *self.last_pattern,
+                         kernels=False if self.kernels is False else None)
         for p, mask in zip(prunable, masks):
             if mask is not None:
                 p.mul_(mask.view(torch.uint8))  # uint8 view: the fast float*int kernel
+        return masks
+
+    def _perturb_and_compress_fused(self, moved, perturbation, masks):
+        from ..kernels.triton_step import nm_compress, perturb
+        self.last_pattern = n, m = self.patterns[self.draw(len(self.patterns))]
+        perturb(moved, perturbation)
+        masks = [mask if mask is not None and nm_groupable(p, m) else None
+                 for p, mask in zip(moved, masks)]
+        grouped = [(p, mask) for p, mask in zip(moved, masks) if mask is not None]
+        if grouped:
+            nm_compress([p for p, _ in grouped], [mask for _, mask in grouped], n, m)
         return masks

@@ -11,6 +11,7 @@ class SAM(TwoPassOptimizer):
         super().__init__(params, base_optimizer, rho=rho, **base_kwargs)
 
     def _perturb(self, groups, moved):
+        self.save_weights(moved)
         if not moved:
             return
         inv_norm = 1.0 / (self.grad_norm(moved) + 1e-12)

@@ -41,7 +41,6 @@ class TwoPassOptimizer(Optimizer):
         self._generator_before = self.generator.get_state() if self.generator is not None else None
         groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
         moved = [p for _, params in groups for p in params]
-        torch._foreach_copy_([self.buffer(p, "w") for p in moved], moved)
         self._perturb(groups, moved)
         self._moved = moved
         if zero_grad:
@@ -83,6 +82,7 @@ class TwoPassOptimizer(Optimizer):
         self._moved = None
 
     def _perturb(self, groups, moved) -> None:
+        """Save w (`save_weights`) and move the parameters."""
         raise NotImplementedError
 
     def _finish(self, moved) -> None:
@@ -98,6 +98,9 @@ class TwoPassOptimizer(Optimizer):
                 or buf.stride() != p.stride()):
             buf = slot[name] = torch.empty_like(p, dtype=dtype)
         return buf
+
+    def save_weights(self, moved) -> None:
+        torch._foreach_copy_([self.buffer(p, "w") for p in moved], moved)
 
     def restore_and_add_saved_grad(self, moved, plus_version: bool) -> None:
         """w <- saved w; with `plus_version`, grad <- grad + saved first-pass gradient."""

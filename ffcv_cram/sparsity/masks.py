@@ -8,7 +8,10 @@ Magnitude selection is an exact radix select on the bit patterns of |w|: for IEE
 sign bit cleared, the bit pattern read as an integer orders like the magnitude. Histograms of the top
 digits narrow the k-th smallest key down without sorting and without concatenating the weights, so
 the cost is a few linear passes whatever the sparsity. The passes run in torch (any device, any
-float dtype) or, for dense float32/float64 CPU tensors, in fused numba kernels (`ffcv_cram.kernels`).
+float dtype), in fused numba kernels for dense float32/float64 CPU tensors, or in Triton kernels
+without host synchronisation for dense float32 CUDA tensors (`ffcv_cram.kernels`). `kernels=None`
+picks the fastest available; False forces the torch path; True requires Triton (on the CPU only in
+its interpreter, TRITON_INTERPRET=1: how the tests compare the paths).
 
 Tie rule (identical on every call, rank, backend and memory format): when several weights share the
 threshold magnitude, the ones with the lowest index are pruned first, where the index runs over the
@@ -176,7 +179,7 @@ def _kth_smallest_key(passes, k: int) -> tuple[int, int, int]:
 
 
 def _select(tensors: Sequence[torch.Tensor], k: int, outs: list[torch.Tensor],
-            zero_pruned: bool) -> list[torch.Tensor]:
+            zero_pruned: bool, numba: bool = True) -> list[torch.Tensor]:
     """Masks pruning exactly the k smallest magnitudes across `tensors` (tie rule in module doc);
     with `zero_pruned` the pruned weights are also set to zero in place."""
     if k <= 0 or k >= sum(t.numel() for t in tensors):
@@ -185,7 +188,7 @@ def _select(tensors: Sequence[torch.Tensor], k: int, outs: list[torch.Tensor],
             if zero_pruned and k > 0:
                 t.mul_(0)
         return outs
-    passes = (_NumbaPasses(tensors) if _NumbaPasses.usable(tensors, outs)
+    passes = (_NumbaPasses(tensors) if numba and _NumbaPasses.usable(tensors, outs)
               else _TorchPasses(tensors))
     threshold, ties_to_prune, ties_total = _kth_smallest_key(passes, k)
     all_ties_go = ties_to_prune == ties_total  # the usual case: every weight at the threshold goes
@@ -225,25 +228,49 @@ def _masks_out(tensors, out):
     return list(out)
 
 
+def _use_triton(tensors, outs, kernels: bool | None) -> bool:
+    """Whether the Triton path applies (see module doc); kernels=True and it cannot: an error."""
+    if kernels is False or not tensors:
+        return False
+    from ..kernels import triton_layout as layout
+    usable = (layout.kernels_usable(tensors[0].device, explicit=kernels is True)
+              and layout.tensors_fit(tensors)
+              and all(layout.same_layout(o, t) for o, t in zip(outs, tensors)))
+    if kernels is True and not usable:
+        raise ValueError("kernels=True: the Triton kernels need dense float32 tensors with at most "
+                         "4 dims on one CUDA device (on the CPU: TRITON_INTERPRET=1), "
+                         "FFCV_CRAM_KERNELS not 0, and masks laid out like the tensors")
+    return usable
+
+
 @torch.no_grad()
 def magnitude_masks(tensors: Iterable[torch.Tensor], sparsity: float, scope: str = "global",
-                    out: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+                    out: Sequence[torch.Tensor] | None = None,
+                    kernels: bool | None = None) -> list[torch.Tensor]:
     """Bool masks keeping the largest magnitudes (written into `out` when given).
 
     scope='global': one threshold over all tensors together, pruning round(sparsity * n_total).
     scope='uniform': each tensor pruned to the same sparsity, round(sparsity * n_tensor) each.
     """
-    return _magnitude(tensors, sparsity, scope, out, zero_pruned=False)
+    return _magnitude(tensors, sparsity, scope, out, False, kernels)
 
 
 @torch.no_grad()
 def compress_(tensors: Iterable[torch.Tensor], sparsity: float, scope: str = "global",
-              out: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+              out: Sequence[torch.Tensor] | None = None,
+              kernels: bool | None = None) -> list[torch.Tensor]:
     """`magnitude_masks`, and zero the pruned weights in place (fused into the mask pass)."""
-    return _magnitude(tensors, sparsity, scope, out, zero_pruned=True)
+    return _magnitude(tensors, sparsity, scope, out, True, kernels)
 
 
-def _magnitude(tensors, sparsity, scope, out, zero_pruned):
+def selection_groups(tensors, sparsity: float, scope: str) -> tuple[list[int], list[int]]:
+    """(selection group of each tensor, prune count of each group) for a scope."""
+    if scope == "uniform":
+        return list(range(len(tensors))), [prune_count(t.numel(), sparsity) for t in tensors]
+    return [0] * len(tensors), [prune_count(sum(t.numel() for t in tensors), sparsity)]
+
+
+def _magnitude(tensors, sparsity, scope, out, zero_pruned, kernels):
     tensors = [t.detach() for t in tensors]
     sparsity = check_sparsity(sparsity)
     if scope not in ("global", "uniform"):
@@ -251,12 +278,18 @@ def _magnitude(tensors, sparsity, scope, out, zero_pruned):
     outs = _masks_out(tensors, out)
     if not tensors:
         return []
+    if scope == "global":
+        _check_tensors(tensors)
+    if _use_triton(tensors, outs, kernels):
+        from ..kernels.triton_select import select
+        select(tensors, *selection_groups(tensors, sparsity, scope), outs, zero_pruned)
+        return outs
+    numba = kernels is not False
     if scope == "uniform":
-        return [_select([t], prune_count(t.numel(), sparsity), [o], zero_pruned)[0]
+        return [_select([t], prune_count(t.numel(), sparsity), [o], zero_pruned, numba)[0]
                 for t, o in zip(tensors, outs)]
-    _check_tensors(tensors)
     return _select(tensors, prune_count(sum(t.numel() for t in tensors), sparsity), outs,
-                   zero_pruned)
+                   zero_pruned, numba)
 
 
 def nm_groups(t: torch.Tensor, m: int) -> torch.Tensor | None:
@@ -266,37 +299,48 @@ def nm_groups(t: torch.Tensor, m: int) -> torch.Tensor | None:
     group is M consecutive input channels at a fixed (out, kh, kw); a Linear row splits into runs of M
     input features. For channels_last weights this is a view (no copy).
     """
-    if t.dim() < 2 or t.numel() % m:
+    if not nm_groupable(t, m):
         return None
     ordered = t.movedim(1, -1) if t.dim() > 2 else t
     return ordered.reshape(-1, m)
 
 
+def nm_groupable(t: torch.Tensor, m: int) -> bool:
+    return t.dim() >= 2 and t.numel() % m == 0
+
+
 @torch.no_grad()
-def nm_masks(tensors: Iterable[torch.Tensor], n: int, m: int) -> list[torch.Tensor | None]:
+def nm_masks(tensors: Iterable[torch.Tensor], n: int, m: int,
+             kernels: bool | None = None) -> list[torch.Tensor | None]:
     """N:M masks: in every group of M (see `nm_groups`) the M - N smallest magnitudes are pruned.
 
     Ties inside a group: the lower position is pruned first. Tensors that cannot be grouped
     (fewer than 2 dims, or a size not divisible by M) get None: the caller leaves them dense.
+    `kernels` as for `magnitude_masks`.
     """
     n, m = check_nm(n, m)
-    masks = []
-    for t in tensors:
-        t = t.detach()
-        groups = nm_groups(t, m)
-        if groups is None:
-            masks.append(None)
-            continue
-        keys = magnitude_keys(groups)
-        # rank of each element in its group: smaller keys, then equal keys at lower positions
-        rank = torch.zeros(keys.shape, dtype=torch.int16, device=t.device)
-        position = torch.arange(m, device=t.device)
-        for j in range(m):
-            other = keys[:, j:j + 1]
-            rank += (other < keys) | ((other == keys) & (position > j))
-        keep = rank >= (m - n)
-        shaped = keep.view(t.movedim(1, -1).shape).movedim(-1, 1) if t.dim() > 2 else keep.view(t.shape)
-        mask = torch.empty_like(t, dtype=torch.bool)
-        mask.copy_(shaped)
-        masks.append(mask)
-    return masks
+    tensors = [t.detach() for t in tensors]
+    groupable = [t for t in tensors if nm_groupable(t, m)]
+    masks = [torch.empty_like(t, dtype=torch.bool) if nm_groupable(t, m) else None
+             for t in tensors]
+    if _use_triton(groupable, groupable, kernels):
+        from ..kernels.triton_nm import nm_select
+        nm_select(groupable, [mask for mask in masks if mask is not None], n, m, zero=False)
+        return masks
+    return [None if mask is None else _nm_mask_torch(t, n, m, mask)
+            for t, mask in zip(tensors, masks)]
+
+
+def _nm_mask_torch(t, n, m, mask):
+    keys = magnitude_keys(nm_groups(t, m))
+    # rank of each element in its group: smaller keys, then equal keys at lower positions
+    rank = torch.zeros(keys.shape, dtype=torch.int16, device=t.device)
+    position = torch.arange(m, device=t.device)
+    for j in range(m):
+        other = keys[:, j:j + 1]
+        rank += (other < keys) | ((other == keys) & (position > j))
+    keep = rank >= (m - n)
+    shaped = keep.view(t.movedim(1, -1).shape).movedim(-1, 1) if t.dim() > 2 else keep.view(t.shape)
+    mask.copy_(shaped)
+    return mask
+
