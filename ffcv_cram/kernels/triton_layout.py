@@ -102,7 +102,6 @@ class Layout:
     def __init__(self, shapes, strides, groups, device, block: int, unit: int = 1):
         self.count, self.block, self.unit = len(shapes), block, unit
         numel = [int(torch.Size(s).numel()) for s in shapes]
-        self.numel_host = numel
         chunk_tensor, chunk_start, first_chunk = [], [], {}
         for i, n in enumerate(numel):
             if groups[i] >= 0:
@@ -120,11 +119,6 @@ class Layout:
         self.chunk_start = _to_device(chunk_start or [0], torch.int64, device)
         self.group_first_chunk = _to_device(
             [first_chunk.get(g, 0) for g in range(max(self.num_groups, 1))], torch.int64, device)
-        group_numel = [0] * self.num_groups
-        for g, n in zip(groups, numel):
-            if g >= 0:
-                group_numel[g] += n
-        self.group_numel = group_numel
 
 
 def layout(tensors, groups, block: int, unit: int = 1) -> Layout:
