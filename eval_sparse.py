@@ -12,6 +12,7 @@ from fastargs import Param, Section
 from fastargs.validation import OneOf
 
 from ffcv_cram.config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
+from ffcv_cram.data.decode_choice import DECODES
 
 Section("eval", "checkpoints and evaluation").params(
     checkpoint=Param(StrList(), "checkpoint file(s), comma-separated", required=True),
@@ -32,6 +33,8 @@ Section("data", "datasets").params(
     resolution=Param(IntRange(1), "imagenet style: evaluation and calibration resolution", default=224),
     num_workers=Param(IntRange(0), "loader threads (0: one per core)", default=0),
     in_memory=Param(Flag(), "keep the datasets in the OS page cache", default=True),
+    decode=Param(OneOf(DECODES), "JPEG decode + augmentation: cpu (FFCV) | gpu (nvJPEG) | "
+                 "auto (gpu when evaluating on CUDA)", default="cpu"),
 )
 Section("prune", "one-shot pruning").params(
     method=Param(StrList(), "global | uniform | nm (several: comma-separated)", default="global"),

@@ -1,11 +1,14 @@
 """FFCV loaders for training and evaluation: ImageNet-style and CIFAR-style pipelines.
 
-Decoding and augmentation run in FFCV's compiled pipeline. On the CPU, normalisation runs there
-too, as FFCV's NormalizeImage placed before ToTensor (after ToTorchImage it makes the loader spin
-forever); on a GPU the uint8 batch is moved to the device and normalised in torch (no CuPy
-needed). Batches come out as (images: N x 3 x H x W channels_last in the requested dtype,
-labels: int64). Labels belong to the caller; on the CPU, float32/float16 images are views of the
-loader's buffers, valid until a few batches later (clone them to keep them longer).
+Two decode paths. decode='cpu': decoding and augmentation run in FFCV's compiled pipeline. On
+the CPU, normalisation runs there too, as FFCV's NormalizeImage placed before ToTensor (after
+ToTorchImage it makes the loader spin forever); on a GPU the uint8 batch is moved to the device
+and normalised in torch (no CuPy needed). decode='gpu': FFCV only reads each sample's stored
+bytes; they are decoded (nvJPEG on a CUDA device) and augmented in torch on the loader's device,
+one batch ahead of the caller (`device_batches`, `prefetch`). 'auto' is 'gpu' on a CUDA device.
+Batches come out as (images: N x 3 x H x W channels_last in the requested dtype, labels: int64).
+Labels belong to the caller; with decode='cpu' on the CPU, float32/float16 images are views of
+the loader's buffers, valid until a few batches later (clone them to keep them longer).
 
 Sharding across ranks uses a seeded order of our own: every rank draws the same per-epoch
 permutation (seed + epoch) and takes every world_size-th sample, after trimming the permutation
@@ -27,6 +30,11 @@ from ffcv.transforms import (NormalizeImage, RandomHorizontalFlip, Squeeze, ToDe
                              ToTorchImage)
 
 from .augment import batch_generator, flip_translate
+from .decode_choice import DECODES
+from .device_batches import DeviceBatches
+from .encoded_bytes import EncodedImageBytes, largest_image_bytes
+from .gpu_decode import check_device_decoder
+from .prefetch import prefetch
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -70,6 +78,11 @@ class ImageLoader:
     val = center crop of `crop_ratio` resized to `resolution`; style 'cifar': train = flip + random
     translate by up to 4 px, seeded per (seed, epoch, batch) so runs replay exactly
     (`ffcv_cram.data.augment`), val = the stored image. Both normalised with the style's mean/std.
+    `decode` 'gpu' decodes and augments in torch on `device` (nvJPEG on a CUDA device; on a CPU
+    device the same code runs with the CPU decoder): the same crop distribution and flip, drawn
+    per (seed, epoch, batch, rank) so they replay too, resampled with anti-aliased bilinear
+    (FFCV: OpenCV's INTER_AREA). Corrupt JPEGs are counted in `decode_fallbacks` (decoded on the
+    CPU instead) and `decode_failures` (replaced by a blank image); the cpu path has no such counts.
     """
 
     def __init__(self, path: str, *, train: bool, batch_size: int, style: str = "imagenet",
@@ -78,11 +91,13 @@ class ImageLoader:
                  rank: int | None = None, world_size: int | None = None, in_memory: bool = True,
                  seed: int = 0, drop_last: bool | None = None, order: str | None = None,
                  crop_ratio: float = DEFAULT_CROP_RATIO, channels_last: bool = True,
-                 indices=None):
+                 indices=None, decode: str = "cpu"):
         if not os.path.isfile(path):
             raise LoaderError(f"{path}: no such .beton file (write it with write_datasets.py)")
         if style not in STYLES:
             raise LoaderError(f"style={style!r}: must be one of {', '.join(STYLES)}")
+        if decode not in DECODES:
+            raise LoaderError(f"decode={decode!r}: must be one of {', '.join(DECODES)}")
         if batch_size < 1 or resolution < 1:
             raise LoaderError("batch_size and resolution must be >= 1")
         order = order or ("random" if train else "sequential")
@@ -98,33 +113,48 @@ class ImageLoader:
         if order == "quasi_random" and (world_size > 1 or in_memory):
             raise LoaderError("order=quasi_random works only with one process and in_memory=False")
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype, self.train, self.style = dtype, train, style
         self.channels_last = channels_last
-        self.decoder = self._decoder(style, train, resolution, crop_ratio)
+        self.decode = decode if decode != "auto" else ("gpu" if self.device.type == "cuda" else "cpu")
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if style == "imagenet" else (CIFAR_MEAN, CIFAR_STD)
-        image_ops = [self.decoder]
-        if train and style == "imagenet":
-            image_ops.append(RandomHorizontalFlip())
         self.seed = seed
         self.on_gpu = self.device.type == "cuda"
-        to_device = [ToDevice(self.device, non_blocking=True)] if self.on_gpu else []
-        if not self.on_gpu:  # normalise in the compiled pipeline, before ToTensor (see above)
-            np_dtype = np.float16 if dtype == torch.float16 else np.float32
-            image_ops.append(NormalizeImage(np.array(mean), np.array(std), np_dtype))
-        image_ops += [ToTensor(), *to_device, ToTorchImage(channels_last=True)]
-        label_ops = [IntDecoder(), ToTensor(), Squeeze(), *to_device]
+        self.decoder, self.device_batches = None, None
+        if self.decode == "gpu":
+            _check_device_decoder(self.device)
+            image_ops, label_ops = [_bytes_reader(path)], [IntDecoder(), ToTensor(), Squeeze()]
+            self.device_batches = DeviceBatches(self.device, style, train, resolution, crop_ratio,
+                                                mean, std, dtype, channels_last, seed, rank)
+        else:
+            self.decoder = self._decoder(style, train, resolution, crop_ratio)
+            image_ops, label_ops = self._cpu_pipelines(style, train, mean, std)
         self.loader = Loader(
             path, batch_size=batch_size, num_workers=num_workers or os.cpu_count() or 1,
             os_cache=in_memory, seed=seed, drop_last=train if drop_last is None else drop_last,
             order=OrderOption.QUASI_RANDOM if order == "quasi_random" else OrderOption.SEQUENTIAL,
             pipelines={"image": image_ops, "label": label_ops},
             indices=None if indices is None else np.asarray(indices, dtype=np.uint64))
+        if self.decode == "gpu" and style == "cifar":
+            _check_one_size(path, self.loader.reader)
         if order != "quasi_random":
             self.loader.traversal_order = ShardedOrder(self.loader, rank, world_size,
                                                        shuffle=order == "random")
             self.loader.first_traversal_order = self.loader.next_traversal_order()
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+
+    def _cpu_pipelines(self, style, train, mean, std):
+        image_ops = [self.decoder]
+        if train and style == "imagenet":
+            image_ops.append(RandomHorizontalFlip())
+        to_device = [ToDevice(self.device, non_blocking=True)] if self.on_gpu else []
+        if not self.on_gpu:  # normalise in the compiled pipeline, before ToTensor (see above)
+            np_dtype = np.float16 if self.dtype == torch.float16 else np.float32
+            image_ops.append(NormalizeImage(np.array(mean), np.array(std), np_dtype))
+        image_ops += [ToTensor(), *to_device, ToTorchImage(channels_last=True)]
+        return image_ops, [IntDecoder(), ToTensor(), Squeeze(), *to_device]
 
     @staticmethod
     def _decoder(style, train, resolution, crop_ratio):
@@ -138,11 +168,24 @@ class ImageLoader:
     def num_samples(self) -> int:
         return len(self.loader.first_traversal_order)
 
+    @property
+    def decode_fallbacks(self) -> int:
+        """Samples so far that the device could not decode and the CPU did."""
+        return self.device_batches.counts.fallbacks if self.device_batches else 0
+
+    @property
+    def decode_failures(self) -> int:
+        """Samples so far that no decoder could read (given as blank images)."""
+        return self.device_batches.counts.failures if self.device_batches else 0
+
     def set_resolution(self, resolution: int) -> None:
         """Output size of the next epoch (ImageNet style), without building a new Loader."""
         if self.style != "imagenet":
             raise LoaderError("the cifar style keeps the stored resolution")
-        self.decoder.output_size = (resolution, resolution)
+        if self.device_batches is not None:
+            self.device_batches.resolution = resolution
+        else:
+            self.decoder.output_size = (resolution, resolution)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch `epoch` (its order depends on seed + epoch)."""
@@ -160,8 +203,42 @@ class ImageLoader:
 
     def __iter__(self):
         epoch = self.loader.next_epoch
+        if self.device_batches is not None:
+            yield from prefetch(lambda: self._device_batches(epoch), self.device)
+            return
         for batch, (images, labels) in enumerate(self.loader):
             images = self._finish(images)
             if self.train and self.style == "cifar":
                 images = flip_translate(images, batch_generator(self.seed, epoch, batch))
             yield images, labels.long().clone()
+
+    def _device_batches(self, epoch: int):
+        epoch_iterator = iter(self.loader)
+        try:
+            for batch, (rows, labels) in enumerate(epoch_iterator):
+                yield self.device_batches(rows, labels, epoch, batch)
+        finally:
+            epoch_iterator.close()  # stops FFCV's reader thread when the epoch is cut short
+
+
+def _check_device_decoder(device: torch.device) -> None:
+    try:
+        check_device_decoder(device)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0][:200]
+        raise LoaderError(f"decode='gpu': torchvision cannot decode JPEGs on {device} ({reason}); "
+                          "use decode='cpu'") from None
+
+
+def _bytes_reader(path: str) -> EncodedImageBytes:
+    try:
+        return EncodedImageBytes(largest_image_bytes(path))
+    except ValueError as err:
+        raise LoaderError(str(err)) from None
+
+
+def _check_one_size(path: str, reader) -> None:
+    images = reader.metadata[f"f{list(reader.handlers).index('image')}"]
+    if len(np.unique(images["height"])) > 1 or len(np.unique(images["width"])) > 1:
+        raise LoaderError(f"{path}: images differ in size but the cifar style keeps the stored "
+                          "size; use the imagenet style")

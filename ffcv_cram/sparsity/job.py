@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..config import UsageError
+from ..data.decode_choice import decode_problem
 from ..models import available_models, get_model
 from ..optim.cram import parse_pattern
 from ..train.dist import resolve_device
@@ -50,6 +51,9 @@ def _num_classes(cfg) -> int:
 def check(cfg: dict):
     """All refusals, before any work. Returns (points, labels, momentum, num_classes)."""
     e, d, p, b = cfg["eval"], cfg["data"], cfg["prune"], cfg["bnt"]
+    problem = decode_problem(d["decode"], "--eval.device", e["device"])
+    if problem:
+        raise UsageError(problem)
     for method in p["method"]:
         if method not in METHODS:
             raise UsageError(f"--prune.method={method!r}: must be one of {', '.join(METHODS)}")
@@ -123,7 +127,7 @@ def run_sweep(cfg: dict):
     from ..data.pipelines import ImageLoader
     d, b = cfg["data"], cfg["bnt"]
     common = dict(style=d["style"], resolution=d["resolution"], num_workers=d["num_workers"],
-                  device=device, in_memory=d["in_memory"])
+                  device=device, in_memory=d["in_memory"], decode=d["decode"])
     val = ImageLoader(d["val_dataset"], train=False, batch_size=cfg["eval"]["batch_size"], **common)
     calib = ImageLoader(d["calib_dataset"] or d["train_dataset"], train=b["augment"],
                         batch_size=b["batch_size"], drop_last=False, seed=b["seed"],
@@ -137,4 +141,8 @@ def run_sweep(cfg: dict):
     for label, path, state in zip(labels, cfg["eval"]["checkpoint"], states):
         rows += sweep_checkpoint(label, path, model, state, val, calib, points, settings, device)
     paths = write_reports(rows, cfg["out"]["dir"])
-    return rows, paths, text_table(rows)
+    notes = [f"\n{name}: {loader.decode_fallbacks} corrupt JPEGs decoded on the CPU, "
+             f"{loader.decode_failures} unreadable (blank images)"
+             for name, loader in (("validation", val), ("calibration", calib))
+             if loader.decode_fallbacks or loader.decode_failures]
+    return rows, paths, text_table(rows) + "".join(notes)

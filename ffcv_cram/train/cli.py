@@ -12,6 +12,7 @@ from fastargs import Param, Section
 from fastargs.validation import OneOf
 
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
+from ..data.decode_choice import DECODES, decode_problem
 from .schedule import LR_SCHEDULES
 from .step import AMP_MODES, METHODS
 
@@ -27,6 +28,8 @@ def declare(defaults: dict) -> None:
         num_workers=Param(IntRange(0), "loader threads per process (0: one per core)", default=0),
         in_memory=Param(Flag(), "keep the whole .beton in the OS page cache", default=True),
         order=Param(OneOf(["random", "quasi_random"]), "training order", default="random"),
+        decode=Param(OneOf(DECODES), "JPEG decode + augmentation: cpu (FFCV) | gpu (nvJPEG) | "
+                     "auto (gpu when training on CUDA)", default="cpu"),
     )
     Section("model", "architecture").params(
         arch=Param(str, "resnet20, resnet18_cifar, vgg16_cifar or any torchvision model",
@@ -115,6 +118,9 @@ def check(cfg: dict, style: str) -> None:
             parse_pattern(p)
     except ValueError as err:
         raise UsageError(f"--cram.patterns: {err}") from None
+    problem = decode_problem(cfg["data"]["decode"], "--training.device", t["device"])
+    if problem:
+        raise UsageError(problem)
     if c["rho"] < 0:
         raise UsageError(f"--cram.rho={c['rho']}: must be >= 0")
     if lr["lr"] <= 0:

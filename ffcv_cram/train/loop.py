@@ -28,7 +28,7 @@ from .step import TrainStep, make_optimizer, parameter_groups
 
 # sections that may change between a run and its resumption without changing its result
 RESUMABLE_CHANGES = ("logging", "checkpoint", "validation")
-RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "training.device")
+RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "training.device")
 
 
 def _flat(cfg: dict) -> dict:
@@ -70,7 +70,7 @@ def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
     d, t, v = cfg["data"], cfg["training"], cfg["validation"]
     common = dict(style=style, num_workers=d["num_workers"], device=ctx.device,
                   distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size,
-                  in_memory=d["in_memory"], channels_last=t["channels_last"])
+                  in_memory=d["in_memory"], channels_last=t["channels_last"], decode=d["decode"])
     try:
         train = ImageLoader(d["train_dataset"], train=True, batch_size=t["batch_size"],
                             resolution=_resolutions(cfg, style, start_epoch) or 224,
@@ -110,8 +110,19 @@ def _draw(optimizer):
     return None
 
 
+def _decode_counts(loader) -> list[float]:
+    return [float(loader.decode_fallbacks), float(loader.decode_failures)]
+
+
+def _decode_record(before: list[float], loader, ctx: Context, prefix: str = "") -> dict:
+    """This epoch's corrupt samples over all ranks: CPU-decoded fallbacks, blank replacements."""
+    fallbacks, failures = all_sum([a - b for a, b in zip(_decode_counts(loader), before)], ctx)
+    return {f"{prefix}decode_fallbacks": int(fallbacks), f"{prefix}decode_failures": int(failures)}
+
+
 def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution):
     iters = len(loader)
+    decode_before = _decode_counts(loader)
     sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss * n, correct, samples
     draws, skipped, lr = Counter(), 0, 0.0
     bar = logger.bar(iters, f"epoch {epoch}")
@@ -137,7 +148,8 @@ def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution):
     loss_sum, correct, n, skipped_all = all_sum(sums.tolist() + [float(skipped)], ctx)
     return {"train_loss": loss_sum / max(n, 1), "train_top1": 100 * correct / max(n, 1),
             "lr": lr, "images_per_s": n / seconds, "epoch_time_s": seconds,
-            "skipped_steps": int(skipped_all), "sparsity_draws": dict(sorted(draws.items()))}
+            "skipped_steps": int(skipped_all), "sparsity_draws": dict(sorted(draws.items())),
+            **_decode_record(decode_before, loader, ctx)}
 
 
 def _resume_state(cfg: dict, folder: str, is_main: bool):
@@ -210,9 +222,11 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
                   **_train_epoch(cfg, epoch, step, train_loader, logger, ctx, resolution)}
         last = epoch == epochs - 1
         if val_loader is not None and (last or (every and (epoch + 1) % every == 0)):
+            decode_before = _decode_counts(val_loader)
             metrics = evaluate(step.model, val_loader, ctx, amp_dtype,
                                cfg["validation"]["flip_tta"], progress=True)
             record.update({f"val_{k}": v for k, v in metrics.items() if k != "samples"})
+            record.update(_decode_record(decode_before, val_loader, ctx, "val_"))
         logger.log_epoch(record)
         if ctx.is_main:
             kwargs = dict(model=model, optimizer=optimizer, scaler=step.scaler, epoch=epoch + 1,
@@ -240,4 +254,9 @@ def _print_epoch(record: dict, ctx: Context) -> None:
         parts += [f"val top-1 {record['val_top1']:.2f}%", f"top-5 {record['val_top5']:.2f}%"]
     if record["skipped_steps"]:
         parts.append(f"{record['skipped_steps']} fp16 steps skipped")
+    for prefix, split in (("", "train"), ("val_", "val")):
+        fallbacks, failures = (record.get(f"{prefix}decode_{k}", 0) for k in ("fallbacks", "failures"))
+        if fallbacks or failures:
+            parts.append(f"{split}: {fallbacks} corrupt JPEGs decoded on the CPU, "
+                         f"{failures} unreadable (blank images)")
     print(" | ".join(parts), flush=True)

@@ -1,0 +1,119 @@
+"""Crop, resize, flip and normalise a batch of decoded images of different sizes, in torch.
+
+Device-agnostic: the same code runs on CUDA tensors in training and on CPU tensors in tests.
+
+Crop parameters follow FFCV's decoders exactly in distribution: `random_crops` is
+RandomResizedCrop's sampling (10 attempts at an area fraction uniform in `scale` and a
+log-uniform aspect ratio, uniform position; then a centred crop clamped to the ratio range),
+`center_crops` is the validation crop (a centred square of `ratio` x the short side). They draw
+from a seeded NumPy generator, so a batch's augmentation can be replayed.
+
+Resampling is anti-aliased bilinear (the filter of torchvision's RandomResizedCrop and of
+`F.interpolate(..., antialias=True)`), written as two matrix products per batch: with R (rows)
+and C (columns) the per-image filter matrices, out = R @ crop @ C^T, all images in one padded
+batch. A few large kernels instead of several small ones per image; a horizontal flip is a
+reversal of C's rows, so it costs nothing.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+RANDOM_SCALE = (0.08, 1.0)
+RANDOM_RATIO = (3 / 4, 4 / 3)
+ATTEMPTS = 10
+
+
+def random_crops(heights, widths, rng: np.random.Generator, scale=RANDOM_SCALE,
+                 ratio=RANDOM_RATIO) -> np.ndarray:
+    """(N, 4) int64 rows (top, left, height, width) of RandomResizedCrop boxes."""
+    heights = np.asarray(heights, dtype=np.int64)
+    widths = np.asarray(widths, dtype=np.int64)
+    n = len(heights)
+    area = (heights * widths).astype(np.float64)[:, None]
+    target = area * rng.uniform(scale[0], scale[1], (n, ATTEMPTS))
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), (n, ATTEMPTS)))
+    w = np.rint(np.sqrt(target * aspect)).astype(np.int64)
+    h = np.rint(np.sqrt(target / aspect)).astype(np.int64)
+    fits = (w > 0) & (w <= widths[:, None]) & (h > 0) & (h <= heights[:, None])
+    first = fits.argmax(1)  # the first attempt that fits, as in FFCV's loop
+    rows = np.arange(n)
+    h, w = h[rows, first], w[rows, first]
+    top = (rng.uniform(0, 1, n) * (heights - h + 1)).astype(np.int64)
+    left = (rng.uniform(0, 1, n) * (widths - w + 1)).astype(np.int64)
+    boxes = np.stack([top, left, h, w], 1)
+    missed = ~fits.any(1)
+    if missed.any():
+        boxes[missed] = _fallback_crops(heights[missed], widths[missed], ratio)
+    return boxes
+
+
+def _fallback_crops(heights, widths, ratio) -> np.ndarray:
+    """The whole image, clamped to the aspect-ratio range, centred (FFCV's fallback)."""
+    low, high = min(ratio), max(ratio)
+    in_ratio = widths / heights
+    w = np.where(in_ratio < low, widths,
+                 np.where(in_ratio > high, np.rint(heights * high), widths)).astype(np.int64)
+    h = np.where(in_ratio < low, np.rint(widths / low), heights).astype(np.int64)
+    return np.stack([(heights - h) // 2, (widths - w) // 2, h, w], 1)
+
+
+def center_crops(heights, widths, ratio: float) -> np.ndarray:
+    """(N, 4) boxes of FFCV's validation crop: a centred square of int(ratio * short side)."""
+    heights = np.asarray(heights, dtype=np.int64)
+    widths = np.asarray(widths, dtype=np.int64)
+    side = (ratio * np.minimum(heights, widths)).astype(np.int64)
+    return np.stack([(heights - side) // 2, (widths - side) // 2, side, side], 1)
+
+
+def resize_weights(in_sizes: torch.Tensor, out_size: int, span: int,
+                   flip: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, out_size, span) float32 matrices that resample a length in_sizes[n] signal to out_size.
+
+    Anti-aliased bilinear (a triangle filter widened by the scale when shrinking, weights
+    normalised per output), so out = W[n] @ signal matches `F.interpolate(mode='bilinear',
+    antialias=True, align_corners=False)`. Columns at or beyond in_sizes[n] get weight 0 (padding).
+    Where `flip[n]`, the output order is reversed.
+    """
+    sizes = in_sizes.to(torch.float64).view(-1, 1, 1)
+    scale = sizes / out_size
+    support = scale.clamp(min=1.0)  # the filter's half-width in input pixels
+    out = torch.arange(out_size, dtype=torch.float64, device=in_sizes.device).view(1, -1, 1)
+    if flip is not None:
+        out = torch.where(flip.view(-1, 1, 1), out_size - 1 - out, out)
+    centre = scale * (out + 0.5)
+    source = torch.arange(span, dtype=torch.float64, device=in_sizes.device).view(1, 1, -1)
+    weights = (1 - ((source + 0.5 - centre) / support).abs()).clamp(min=0)
+    weights = weights * (source < sizes)
+    return (weights / weights.sum(-1, keepdim=True)).to(torch.float32)
+
+
+def resized_crops(images: list[torch.Tensor], boxes: np.ndarray, size: int,
+                  flips: np.ndarray | None = None) -> torch.Tensor:
+    """Crop box k of (3, H, W) uint8 image k, resize it to size x size, flip where flips[k].
+
+    Returns float32 (N, 3, size, size) pixel values in [0, 255], on the images' device.
+    """
+    device = images[0].device
+    heights, widths = boxes[:, 2], boxes[:, 3]
+    rows_max, cols_max = int(heights.max()), int(widths.max())
+    # rows x (channel, column) layout: one batched matmul per direction, no per-channel split
+    batch = torch.zeros(len(images), rows_max, 3, cols_max, dtype=torch.float32, device=device)
+    for k, (image, (top, left, h, w)) in enumerate(zip(images, boxes.tolist())):
+        batch[k, :h, :, :w] = image[:, top:top + h, left:left + w].permute(1, 0, 2)
+    to_device = {"device": device, "dtype": torch.int64}
+    row_weights = resize_weights(torch.as_tensor(heights, **to_device), size, rows_max)
+    col_weights = resize_weights(torch.as_tensor(widths, **to_device), size, cols_max,
+                                 None if flips is None else torch.as_tensor(flips, device=device))
+    tall = torch.bmm(row_weights, batch.view(len(images), rows_max, 3 * cols_max))
+    out = torch.bmm(tall.view(len(images), size * 3, cols_max), col_weights.transpose(1, 2))
+    return out.view(len(images), size, 3, size).permute(0, 2, 1, 3)
+
+
+def normalize(images: torch.Tensor, mean, std, dtype: torch.dtype,
+              channels_last: bool = True) -> torch.Tensor:
+    """(x - mean) / std per channel, as `dtype`, channels_last (or contiguous)."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return ((images - mean) / std).to(dtype=dtype, memory_format=layout)
