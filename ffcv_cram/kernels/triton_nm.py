@@ -1,9 +1,9 @@
 """Triton kernel of `masks.nm_masks` for float32 tensors: one launch for all groupable tensors.
 
 A group is M consecutive elements of the weight in (out, kh, kw, in) order (input channels last,
-see `masks.nm_groups`); inside a group the M - N smallest magnitudes are pruned, the lower position
-first among equal ones. Each program ranks a block of groups in registers; with `zero` the pruned
-weights become +-0 in the same pass.
+see `masks.nm_groups`): the row-major order of a permuted view. Inside a group the M - N smallest
+magnitudes are pruned, the lower position first among equal ones. Each program ranks a block of
+groups in registers; with `zero` the pruned weights become +-0 in the same pass.
 """
 from __future__ import annotations
 
@@ -11,25 +11,9 @@ import triton
 import triton.language as tl
 
 from .triton_layout import layout, pointers
-from .triton_select import LAUNCH, _pointer
+from .triton_select import LAUNCH, _logical_offsets, _pointer
 
 GROUPS_PER_PROGRAM = 256
-
-
-@triton.jit
-def _nm_offsets(q, sizes, strides, t):
-    """Memory offsets of index q in (out, kh, kw, in) order; sizes/strides are (out, in, kh, kw)."""
-    s1 = tl.load(sizes + t * 4 + 1)
-    s2 = tl.load(sizes + t * 4 + 2)
-    s3 = tl.load(sizes + t * 4 + 3)
-    i1 = q % s1
-    rest = q // s1
-    i3 = rest % s3
-    rest = rest // s3
-    i2 = rest % s2
-    i0 = rest // s2
-    return (i0 * tl.load(strides + t * 4) + i1 * tl.load(strides + t * 4 + 1)
-            + i2 * tl.load(strides + t * 4 + 2) + i3 * tl.load(strides + t * 4 + 3))
 
 
 @triton.jit
@@ -40,7 +24,7 @@ def _nm_select(w_ptrs, mask_ptrs, chunk_tensor, chunk_start, numel, sizes, strid
     group = tl.load(chunk_start + c) + tl.arange(0, GROUPS)[:, None]
     position = tl.arange(0, M_POW2)[None, :]
     valid = (group < tl.load(numel + t) // M) & (position < M)
-    offsets = _nm_offsets(group * M + position, sizes, strides, t)
+    offsets = _logical_offsets(group * M + position, sizes, strides, t)
     w_ptr = _pointer(w_ptrs, t, tl.float32)
     w = tl.load(w_ptr + offsets, mask=valid, other=0.0)
     key = w.to(tl.int32, bitcast=True) & 0x7FFFFFFF
@@ -54,17 +38,19 @@ def _nm_select(w_ptrs, mask_ptrs, chunk_tensor, chunk_start, numel, sizes, strid
         tl.store(w_ptr + offsets, w * keep.to(tl.float32), mask=valid)
 
 
-def _as_4d(t):
-    """(out, in, ...) with trailing size-1 dims: the grouping order does not change."""
+def _grouping_view(t):
+    """A view whose row-major order is the grouping order: (out, kh, kw, in), padded to 4 dims
+    with size-1 kernel dims (a Linear weight's (out, in) order is unchanged by them)."""
     while t.dim() < 4:
         t = t.unsqueeze(-1)
-    return t
+    return t.permute(0, 2, 3, 1)
 
 
 def nm_select(tensors, masks, n: int, m: int, zero: bool) -> None:
     """Write the N:M keep-masks of groupable dense float32 tensors (<= 4 dims) into `masks`."""
     device = tensors[0].device
-    tensors = [_as_4d(t) for t in tensors]
+    tensors = [_grouping_view(t) for t in tensors]
+    masks = [_grouping_view(mask) for mask in masks]
     plan = layout(tensors, [0] * len(tensors), GROUPS_PER_PROGRAM, unit=m)
     if plan.num_chunks == 0:
         return
