@@ -68,22 +68,13 @@ def environment() -> dict:
 
 def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> tuple[float, list[float]]:
     """Median wall time of fn() in seconds (after warm-up); `sync` runs before each clock read."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        start = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - start)
+    times = interleaved({"fn": fn}, repeats, warmup, sync)["fn"]
     return statistics.median(times), times
 
 
 def save_result(name: str, payload: dict) -> Path:
-    """Write bench/results/<name>.json atomically, with the environment; returns the path."""
+    """Write bench/results/<name>.json atomically, with the environment; returns its path
+    relative to the repository root."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -93,7 +84,7 @@ def save_result(name: str, payload: dict) -> Path:
         json.dump(payload, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
-    return path
+    return path.relative_to(RESULTS.parent.parent)  # repository-relative: logs stay portable
 
 
 def table(rows: list[list], header: list[str]) -> str:

@@ -185,3 +185,14 @@ def parse(description: str, argv: list[str] | None = None) -> dict[str, dict]:
         section, key = path[0], ".".join(path[1:])
         values.setdefault(section, {})[key] = config[path]
     return values
+
+
+def num_classes(given: int, dataset: str, option: str = "--model.num_classes") -> int:
+    """`given` when set, else the class count in the dataset's .classes.json (written beside every
+    .beton by write_datasets.py)."""
+    if given:
+        return given
+    classes = dataset + ".classes.json"
+    if not Path(classes).is_file():
+        raise UsageError(f"{option} not given and {classes} not found; pass it explicitly")
+    return len(json.loads(Path(classes).read_text()))

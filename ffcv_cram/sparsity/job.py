@@ -1,13 +1,12 @@
 """The eval_sparse.py job: every check first, then loaders, the sweep and the reports."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import torch
 
-from ..config import UsageError
+from ..config import UsageError, num_classes as config_num_classes
 from ..data.decode_choice import decode_problem
 from ..models import available_models, get_model
 from ..optim.cram import parse_pattern
@@ -36,16 +35,6 @@ def _labels_of(path: str) -> np.ndarray:
     reader = Reader(path)
     position = list(reader.handlers).index("label")
     return np.asarray(reader.metadata[f"f{position}"])
-
-
-def _num_classes(cfg) -> int:
-    if cfg["model"]["num_classes"]:
-        return cfg["model"]["num_classes"]
-    classes = cfg["data"]["val_dataset"] + ".classes.json"
-    if not os.path.isfile(classes):
-        raise UsageError(f"--model.num_classes not given and {classes} not found; pass it explicitly")
-    with open(classes) as f:
-        return len(json.load(f))
 
 
 def check(cfg: dict):
@@ -78,7 +67,7 @@ def check(cfg: dict):
     if cfg["model"]["arch"] not in available_models():
         raise UsageError(f"--model.arch={cfg['model']['arch']!r}: unknown model")
     momentum = _momentum(b["momentum"])
-    num_classes = _num_classes(cfg)
+    num_classes = config_num_classes(cfg["model"]["num_classes"], cfg["data"]["val_dataset"])
     top = int(_labels_of(d["val_dataset"]).max())
     if top >= num_classes:
         raise UsageError(f"{d['val_dataset']}: holds label {top} but the model has {num_classes} "

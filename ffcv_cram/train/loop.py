@@ -7,7 +7,6 @@ same command resumes from the run folder's last checkpoint and continues bit-ide
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -16,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..atomic import torch_save
-from ..config import UsageError
+from ..config import UsageError, num_classes as config_num_classes
 from ..data.pipelines import ImageLoader, LoaderError
 from ..models import get_model
 from . import checkpoint as ckpt
@@ -39,16 +38,6 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     a, b = _flat(saved), _flat(current)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
                   and k.split(".")[0] not in RESUMABLE_CHANGES and k not in RESUMABLE_KEYS)
-
-
-def num_classes_for(cfg: dict) -> int:
-    if cfg["model"]["num_classes"]:
-        return cfg["model"]["num_classes"]
-    classes = cfg["data"]["train_dataset"] + ".classes.json"
-    if not os.path.isfile(classes):
-        raise UsageError(f"--model.num_classes not given and {classes} not found; pass it explicitly")
-    with open(classes) as f:
-        return len(json.load(f))
 
 
 def _resolutions(cfg: dict, style: str, epoch: int) -> int:
@@ -191,7 +180,7 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
-    num_classes = num_classes_for(cfg)
+    num_classes = config_num_classes(cfg["model"]["num_classes"], cfg["data"]["train_dataset"])
     state = _resume_state(cfg, folder, ctx.is_main)
     start_epoch = state["epoch"] if state else 0
     model, optimizer = _build(cfg, ctx, num_classes)
