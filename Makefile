@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev g++
 export WANDB_MODE ?= offline
 
-.PHONY: setup test demo clean system-deps
+.PHONY: setup test demo clean system-deps gpu-check
 
 setup: system-deps $(VENV)/.installed
 
@@ -32,6 +32,13 @@ test: setup
 # the whole pipeline on a generated dataset: convert, train CrAM+ and SGD, prune and compare
 demo: setup
 	$(PY) -m ffcv_cram.demo --out demo_out
+
+# everything we need to know from a GPU, in one run of a few minutes (bench/gpu_check.py). A GPU
+# machine may have no network: it runs on the interpreter that holds torch there, without the
+# virtualenv, and installs ffcv from build/ffcv_carry.tar.xz (bench/pack_ffcv.sh) when missing
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out

@@ -18,12 +18,12 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 import torch
 import torchvision
 
 from ffcv_cram import TopkCrAM
-from ffcv_cram.models import get_model
 from ffcv_cram.sparsity.masks import magnitude_masks, nm_masks, prunable_weights, prune_count
 
 from common import save_result, table
@@ -136,6 +136,36 @@ def time_masks(weight_sets, repeats, device):
     return rows
 
 
+def where_time_goes(weights, sparsity, device, calls=5):
+    """For one fused masks call: the host time to issue it (the GPU idle beforehand), and the
+    device time of each kernel (torch.profiler), to tell launch-bound from GPU-bound."""
+    out = [torch.empty_like(w, dtype=torch.bool) for w in weights]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    run = lambda: magnitude_masks(weights, sparsity, out=out, kernels=True)  # noqa: E731
+    run()
+    host = []
+    for _ in range(calls):
+        sync()
+        start = time.perf_counter()
+        run()
+        host.append(time.perf_counter() - start)
+    sync()
+    result = {"sparsity": sparsity, "host_s": statistics.median(host)}
+    if device == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                run()
+            sync()
+        per_kernel = {}
+        for event in prof.key_averages():
+            total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+            if total > 0:
+                per_kernel[event.key] = total / calls
+        result["device_us_per_call"] = dict(sorted(per_kernel.items(), key=lambda kv: -kv[1]))
+    return result
+
+
 def time_step_overhead(base, x, y, repeats, device):
     """Whole CrAM+ step, and first_step + second_step alone (on fixed gradients), per path."""
     out = {}
@@ -157,6 +187,14 @@ def time_step_overhead(base, x, y, repeats, device):
     return out
 
 
+def tiny_net():
+    """For --smoke: the interpreter runs every kernel program in Python, so keep it small."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3),
+                         nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(32, 10))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
@@ -168,18 +206,18 @@ def main():
     if args.smoke:
         if os.environ.get("TRITON_INTERPRET") != "1":
             sys.exit("error: --smoke runs Triton in its CPU interpreter: set TRITON_INTERPRET=1")
-        device, arch = torch.device("cpu"), lambda: get_model("resnet20", 1000)
-        args.batch, args.resolution, args.repeats = 2, 32, 2
+        device, arch, classes = torch.device("cpu"), tiny_net, 10
+        args.batch, args.resolution, args.repeats = 2, 16, 1
     elif not torch.cuda.is_available():
         sys.exit("error: bench_topk_kernel.py needs a CUDA GPU (for a script check on the CPU: "
                  "TRITON_INTERPRET=1 python bench/bench_topk_kernel.py --smoke)")
     else:
-        device, arch = torch.device("cuda"), torchvision.models.resnet50
+        device, arch, classes = torch.device("cuda"), torchvision.models.resnet50, 1000
     torch.manual_seed(0)
     base = arch().to(device).to(memory_format=torch.channels_last).train()
     x = torch.randn(args.batch, 3, args.resolution, args.resolution, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (args.batch,), device=device)
+    y = torch.randint(0, classes, (args.batch,), device=device)
 
     weights = model_weights(base)
     n = sum(w.numel() for w in weights)
@@ -191,7 +229,9 @@ def main():
     bandwidth = copy_bandwidth(device, args.repeats, 1 << (28 if device.type == "cuda" else 20))
     floor_s = n * (4 + 1) / bandwidth
     masks = time_masks(weight_sets, args.repeats, device.type)
-    overhead = time_step_overhead(base, x, y, max(10, args.repeats // 3), device.type)
+    breakdown = where_time_goes(weights, 0.9, device.type)
+    overhead = time_step_overhead(base, x, y, 1 if args.smoke else max(10, args.repeats // 3),
+                                  device.type)
 
     rows = [[m["sparsity"], f"{m['reference_s'] * 1e3:.3f}", f"{m['torch_path_s'] * 1e3:.3f}",
              f"{m['kernels_s'] * 1e3:.3f}", f"{floor_s * 1e3:.3f}",
@@ -204,6 +244,7 @@ def main():
         "numel": n, "tensors": len(weights), "batch": args.batch, "resolution": args.resolution,
         "repeats": args.repeats, "copy_bandwidth_bytes_per_s": bandwidth,
         "floor_bytes": n * 5, "floor_s": floor_s, "masks": masks, "step": overhead,
+        "fused_masks_breakdown": breakdown,
         "targets": {"kernels_over_floor": 3.0, "reference_over_kernels": 20.0,
                     "optimizer_side_fraction": 0.02}}
     print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write); floor = {n * 5 / 1e6:.1f} MB")
@@ -211,6 +252,11 @@ def main():
                        "floor ms", "(c)/floor", "(a)/(c)"]))
     print(table(step_rows, ["CrAM+ step", "whole step ms", "optimizer side ms", "of which SGD ms",
                             "optimizer side / step"]))
+    kernels = breakdown.get("device_us_per_call", {})
+    print(f"fused masks at s=0.9: {breakdown['host_s'] * 1e3:.3f} ms of host time to issue, "
+          f"{sum(kernels.values()) / 1e3:.3f} ms of device time, of which:")
+    print(table([[name[:60], f"{us:.1f}"] for name, us in list(kernels.items())[:12]],
+                ["kernel", "us per call"]))
     if args.smoke:
         print("smoke run (interpreter, tiny model): a check of the script, nothing saved")
     else:

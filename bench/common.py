@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# gpu_check.py points its sections at a scratch folder, so a check never overwrites committed results
+RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def _git_commit() -> str:
@@ -84,7 +86,10 @@ def save_result(name: str, payload: dict) -> Path:
         json.dump(payload, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
-    return path.relative_to(RESULTS.parent.parent)  # repository-relative: logs stay portable
+    try:  # repository-relative where possible: logs stay portable
+        return path.resolve().relative_to(REPOSITORY)
+    except ValueError:
+        return path
 
 
 def table(rows: list[list], header: list[str]) -> str:

@@ -38,7 +38,7 @@ trap 'rm -rf "$work"' EXIT
 pack="$work/ffcv_carry"
 mkdir -p "$pack/wheels" "$pack/lib"
 # shellcheck disable=SC2086  # $cv2 and $extra are word lists
-"$python" -m pip wheel -q --no-deps -w "$pack/wheels" ffcv==1.0.2 fastargs tqdm $cv2 $extra
+"$python" -m pip wheel -q --no-deps -w "$pack/wheels" ffcv==1.0.2 fastargs terminaltables tqdm $cv2 $extra
 
 unzip -q "$pack"/wheels/ffcv-*.whl 'ffcv/_libffcv*.so' -d "$work"
 compiled=$(ls "$work"/ffcv/_libffcv*.so)

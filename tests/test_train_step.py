@@ -93,3 +93,5 @@ def test_lr_schedules_and_resolution_ramp():
     ramp = [resolution_at(e, 160, 192, 11, 13) for e in range(16)]
     assert ramp[:12] == [160] * 12 and ramp[13:] == [192] * 3  # 176 at epoch 12 rounds to 192
     assert all(r % 32 == 0 for r in ramp) and ramp[12] == 192
+    # bounds that are not multiples of 32 are never overshot (48 would round to 64)
+    assert [resolution_at(e, 32, 48, 0, 1) for e in range(3)] == [32, 48, 48]

@@ -32,8 +32,9 @@ def lr_at(epoch: float, *, schedule: str, lr: float, epochs: int, warmup_epochs:
 
 def resolution_at(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:
     """ffcv-imagenet's progressive resizing: min_res until start_ramp, linear to max_res at
-    end_ramp, rounded to a multiple of 32."""
+    end_ramp, rounded to a multiple of 32 -- but never outside [min_res, max_res] (ffcv-imagenet
+    would train at 64 px with max_res=48)."""
     if min_res == max_res:
         return max_res
     res = np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res])
-    return int(round(res / 32)) * 32
+    return int(np.clip(round(res / 32) * 32, min(min_res, max_res), max(min_res, max_res)))

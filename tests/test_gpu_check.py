@@ -1,0 +1,62 @@
+"""bench/gpu_check.py --dry-run: every section's script runs (tiny, on the CPU), so the first GPU a
+session is lent measures instead of debugging the check. Also the parts of the check that read
+results, which a dry run does not reach."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import gpu_check  # noqa: E402
+
+
+@pytest.mark.slow
+def test_dry_run_runs_every_section(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    table = proc.stdout[proc.stdout.rindex("=== gpu check"):]
+    assert "6/6 sections ok" in table, table
+    for name in ("environment", "cuda tests", "kernels", "train step", "decode", "end to end"):
+        assert name in table
+    assert "\r" not in proc.stdout  # progress-bar frames are dropped from the log
+
+
+def test_unknown_section_is_refused():
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--only", "kernel"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "error: --only kernel: no such section" in proc.stderr
+
+
+def test_cuda_test_files_are_found():
+    files = gpu_check.cuda_test_files()
+    assert "tests/test_triton_kernels.py" in files and "tests/test_gpu_decode.py" in files
+    assert all((ROOT / f).read_text().count("mark.cuda") for f in files)
+
+
+def test_last_error_prefers_pytest_failures():
+    output = "\n".join(["FAILED tests/test_a.py::test_b - assert 1 == 2",
+                        "KeyError: (Array(uint8, 1, 'C'),)", "1 failed, 3 passed"])
+    assert gpu_check.last_error(output).startswith("FAILED tests/test_a.py::test_b")
+    assert gpu_check.last_error("x\nerror: no GPU\nbye") == "error: no GPU"
+    assert gpu_check.last_error("") == "no output"
+
+
+def test_headlines_summarise_real_section_results():
+    """The summary lines read the JSON the sections wrote on the first H200 run."""
+    results = ROOT / "bench" / "results" / "gpu_h200_first_contact"
+    kernels = json.loads((results / "run1_bench_topk_kernel_cuda.json").read_text())
+    line = gpu_check.headline("kernels", {"data": kernels})
+    assert line.startswith("s=0.9: kernels ") and "x floor" in line
+    step = json.loads((results / "run1_bench_train_step_cuda.json").read_text())
+    line = gpu_check.headline("train step", {"data": step})
+    assert "224px" in line and "160px" in line and "host syncs" in line
+    e2e = json.loads((results / "run2_gpu_e2e.json").read_text())
+    assert gpu_check.headline("end to end", {"data": e2e}).startswith("finished, 10 epochs")
