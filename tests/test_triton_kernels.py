@@ -102,7 +102,9 @@ def test_nm_masks_equal_torch_path(device, n, m):
         assert x is None or torch.equal(x, y)
 
 
-def train_steps(device, cls, kernels, steps=3, **options):
+def train_steps(device, cls, kernels, steps=3, regrad=None, **options):
+    """`steps` CrAM steps of a channels_last SmallConvNet; `regrad(model)` runs after each
+    backward (to hand the optimizer gradients of another layout)."""
     torch.manual_seed(0)
     model = SmallConvNet().to(device).to(memory_format=torch.channels_last)
     head = list(model.fc.parameters())
@@ -116,6 +118,8 @@ def train_steps(device, cls, kernels, steps=3, **options):
         def closure():
             loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
+            if regrad is not None:
+                regrad(model)
             return loss
         closure()
         optimizer.first_step(zero_grad=True)
@@ -156,6 +160,24 @@ def test_discarding_a_fused_step_restores_weights_and_draw(device):
     optimizer.discard_step()
     assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
     assert torch.equal(optimizer.generator.get_state(), generator)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_step_takes_unaligned_gradients(device):
+    # DDP's gradient_as_bucket_view: gradients are views into one flat bucket, not 16-byte aligned
+    def bucket_views(model):
+        params = list(model.parameters())
+        bucket = torch.empty(1 + sum(p.numel() for p in params), device=device)
+        start = 1
+        for p in params:
+            view = bucket.as_strided(p.shape, p.stride(), start)  # laid out like p (dense)
+            start += p.numel()
+            p.grad = view.copy_(p.grad)
+        assert params[0].grad.data_ptr() % 16 != 0
+    for cls in (TopkCrAM, NMTopkCrAM):
+        expected, _ = train_steps(device, cls, False, regrad=bucket_views)
+        got, _ = train_steps(device, cls, True, regrad=bucket_views)
+        assert all(torch.equal(expected[name], got[name]) for name in expected), cls
 
 
 def test_kernels_true_refuses_what_the_kernels_cannot_do(monkeypatch):
