@@ -44,14 +44,21 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def unusable_reason(device: torch.device, explicit: bool = False) -> str | None:
+    """Why the Triton kernels cannot run on this device (None: they can). They apply on CUDA
+    automatically; on the CPU only when asked for explicitly and running in the interpreter (how
+    the tests compare them with the torch path)."""
+    if not kernels_enabled():
+        return "FFCV_CRAM_KERNELS=0"
+    if not triton_importable():
+        return "triton cannot be imported"
+    if device.type == "cuda" or (explicit and device.type == "cpu" and interpreted()):
+        return None
+    return f"tensors on {device} (the kernels run on CUDA; on the CPU only in triton's interpreter)"
+
+
 def kernels_usable(device: torch.device, explicit: bool = False) -> bool:
-    """Triton kernels apply on CUDA automatically; on the CPU only when asked for explicitly and
-    running in the interpreter (how the tests compare them with the torch path)."""
-    if not kernels_enabled() or not triton_importable():
-        return False
-    if device.type == "cuda":
-        return True
-    return explicit and device.type == "cpu" and interpreted()
+    return unusable_reason(device, explicit) is None
 
 
 def is_dense(t: torch.Tensor) -> bool:
@@ -87,7 +94,10 @@ def tensors_fit(tensors, dtype=torch.float32) -> bool:
 
 
 def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and (a.numel() <= 1 or a.stride() == b.stride())
+    """Same shape and the same memory order; strides of size-1 dims are ignored (they never move
+    the address, and torch sets them freely, e.g. on gradients)."""
+    return a.shape == b.shape and all(n == 1 or x == y
+                                      for n, x, y in zip(a.shape, a.stride(), b.stride()))
 
 
 def _padded(values, fill):
