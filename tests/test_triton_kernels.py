@@ -4,12 +4,16 @@ Without a GPU they run in Triton's CPU interpreter (TRITON_INTERPRET=1, set in c
 CUDA cases (ResNet-50 scale) run where a GPU is present.
 """
 import os
+import warnings
 
 import pytest
 import torch
 import torchvision
 
 from ffcv_cram import NMTopkCrAM, TopkCrAM
+from ffcv_cram.kernels.triton_layout import same_layout
+from ffcv_cram.optim import cram
+from ffcv_cram.optim.cram import fused_step_misfit
 from ffcv_cram.sparsity.masks import compress_, magnitude_masks, nm_masks, prunable_weights
 from nets import SmallConvNet, batch
 
@@ -102,7 +106,9 @@ def test_nm_masks_equal_torch_path(device, n, m):
         assert x is None or torch.equal(x, y)
 
 
-def train_steps(device, cls, kernels, steps=3, **options):
+def train_steps(device, cls, kernels, steps=3, regrad=None, **options):
+    """`steps` CrAM steps of a channels_last SmallConvNet; `regrad(model)` runs after each
+    backward (to hand the optimizer gradients of another layout)."""
     torch.manual_seed(0)
     model = SmallConvNet().to(device).to(memory_format=torch.channels_last)
     head = list(model.fc.parameters())
@@ -116,6 +122,8 @@ def train_steps(device, cls, kernels, steps=3, **options):
         def closure():
             loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
+            if regrad is not None:
+                regrad(model)
             return loss
         closure()
         optimizer.first_step(zero_grad=True)
@@ -156,6 +164,79 @@ def test_discarding_a_fused_step_restores_weights_and_draw(device):
     optimizer.discard_step()
     assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
     assert torch.equal(optimizer.generator.get_state(), generator)
+
+
+def test_same_layout_ignores_strides_of_size_one_dims():
+    channels_last = torch.empty_strided((5, 8, 1, 1), (8, 1, 8, 8))  # as a 1x1 conv may have
+    assert same_layout(torch.empty(5, 8, 1, 1), channels_last)  # strides (8, 1, 1, 1): same memory
+    assert not same_layout(torch.empty(4, 6), torch.empty(6, 4).t())
+    assert not same_layout(torch.empty(5, 8, 1, 1), torch.empty(5, 8, 1, 2)[..., :1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_step_takes_gradients_strided_otherwise_on_size_one_dims(device):
+    def contiguous_grads(model):  # the 1x1 conv's channels_last weight: strides differ on kh, kw
+        grad = model.conv3.weight.grad
+        model.conv3.weight.grad = torch.empty(grad.shape, device=grad.device).copy_(grad)
+        assert model.conv3.weight.grad.stride() != model.conv3.weight.stride()
+    expected, _ = train_steps(device, TopkCrAM, False, regrad=contiguous_grads)
+    got, _ = train_steps(device, TopkCrAM, True, regrad=contiguous_grads)  # True: fused or raise
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_step_takes_unaligned_gradients(device):
+    # DDP's gradient_as_bucket_view: gradients are views into one flat bucket, not 16-byte aligned
+    def bucket_views(model):
+        params = list(model.parameters())
+        bucket = torch.empty(1 + sum(p.numel() for p in params), device=device)
+        start = 1
+        for p in params:
+            view = bucket.as_strided(p.shape, p.stride(), start)  # laid out like p (dense)
+            start += p.numel()
+            p.grad = view.copy_(p.grad)
+        assert params[0].grad.data_ptr() % 16 != 0
+    for cls in (TopkCrAM, NMTopkCrAM):
+        expected, _ = train_steps(device, cls, False, regrad=bucket_views)
+        got, _ = train_steps(device, cls, True, regrad=bucket_views)
+        assert all(torch.equal(expected[name], got[name]) for name in expected), cls
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="Triton interpreter not active")
+def test_fused_step_misfit_names_the_reason():
+    model = SmallConvNet()
+    torch.nn.functional.cross_entropy(model(batch(dtype=torch.float32)[0]), batch()[1]).backward()
+    params = list(model.parameters())
+    assert fused_step_misfit(params, explicit=True) is None
+    assert "tensors on cpu" in fused_step_misfit(params)  # automatic: CUDA only
+    model.conv1.weight.grad = model.conv1.weight.grad.transpose(2, 3).contiguous().transpose(2, 3)
+    assert "gradient laid out unlike its parameter" in fused_step_misfit(params, explicit=True)
+    assert "torch.float64" in fused_step_misfit([p.double() for p in params], explicit=True)
+
+
+def test_cuda_fallback_is_reported_once_with_its_reason(monkeypatch):
+    # on CUDA the torch path synchronises with the host: say so, once (on the CPU it is expected)
+    monkeypatch.setattr(cram, "_fallback_matters", lambda device: True)
+    model = SmallConvNet().double()
+    x, y = batch()
+
+    def loss():
+        return torch.nn.functional.cross_entropy(model(x), y).backward()
+
+    def steps(optimizer):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                optimizer.zero_grad()
+                loss()
+                optimizer.step(loss)
+        return [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    loss()
+    reason = fused_step_misfit(list(model.parameters()))
+    messages = steps(TopkCrAM(model.parameters(), torch.optim.SGD, lr=0.1))
+    assert len(messages) == 1 and reason in messages[0] and "fused Triton step" in messages[0]
+    assert steps(TopkCrAM(model.parameters(), torch.optim.SGD, lr=0.1, kernels=False)) == []
 
 
 def test_kernels_true_refuses_what_the_kernels_cannot_do(monkeypatch):

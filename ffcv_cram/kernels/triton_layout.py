@@ -6,20 +6,26 @@ buffers, gradients and masks of the same shapes reuse the same layout tables. Ta
 parameters, their buffers and (usually) the caching allocator's gradients keep their addresses from
 step to step, so a step normally builds nothing and copies nothing to the device.
 
-Tensors must be dense (any permutation of dims, e.g. channels_last) with at most 4 dims. Memory-order
-sweeps use offsets 0..numel-1 from the data pointer; logical-order sweeps (the tie rule) map a
-row-major index to an offset with the sizes and strides, padded to 4 dims.
+Tensors must be dense (any permutation of dims, e.g. channels_last) with at most 4 dims and fewer
+than 2^31 elements (the kernels index inside a tensor in int32: half the registers of int64, and
+cheap division for logical offsets). Memory-order sweeps use offsets 0..numel-1 from the data
+pointer; logical-order sweeps (the tie rule) map a row-major index to an offset with the sizes and
+strides, padded to 4 dims. Chunks start at multiples of the block size, so when every address in a
+launch is 16-byte aligned (as fresh torch allocations are) the kernels use 128-bit accesses.
 """
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from typing import NamedTuple
 
 import torch
 
 from . import kernels_enabled
 
 MAX_DIMS = 4
+MAX_NUMEL = 2**31 - 2**16  # int32 indices, with room for a block past the last chunk start
+ALIGNMENT = 16  # bytes: one 128-bit access
 _CACHE_SIZE = 64
 _layouts: OrderedDict = OrderedDict()
 _pointers: OrderedDict = OrderedDict()
@@ -38,14 +44,21 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def unusable_reason(device: torch.device, explicit: bool = False) -> str | None:
+    """Why the Triton kernels cannot run on this device (None: they can). They apply on CUDA
+    automatically; on the CPU only when asked for explicitly and running in the interpreter (how
+    the tests compare them with the torch path)."""
+    if not kernels_enabled():
+        return "FFCV_CRAM_KERNELS=0"
+    if not triton_importable():
+        return "triton cannot be imported"
+    if device.type == "cuda" or (explicit and device.type == "cpu" and interpreted()):
+        return None
+    return f"tensors on {device} (the kernels run on CUDA; on the CPU only in triton's interpreter)"
+
+
 def kernels_usable(device: torch.device, explicit: bool = False) -> bool:
-    """Triton kernels apply on CUDA automatically; on the CPU only when asked for explicitly and
-    running in the interpreter (how the tests compare them with the torch path)."""
-    if not kernels_enabled() or not triton_importable():
-        return False
-    if device.type == "cuda":
-        return True
-    return explicit and device.type == "cpu" and interpreted()
+    return unusable_reason(device, explicit) is None
 
 
 def is_dense(t: torch.Tensor) -> bool:
@@ -56,17 +69,35 @@ def is_dense(t: torch.Tensor) -> bool:
     return t.permute(dims).is_contiguous()
 
 
-def tensors_fit(tensors, dtype=torch.float32) -> bool:
-    """Whether these tensors can go through the kernels: one device, the dtype, dense, <= 4 dims."""
+def misfit(tensors, dtype=torch.float32) -> str | None:
+    """Why these tensors cannot go through the kernels (None: they can): one device, the dtype,
+    dense, <= 4 dims, < 2^31 elements each."""
     if not tensors:
-        return False
+        return "no tensors"
     device = tensors[0].device
-    return all(t.device == device and t.dtype == dtype and t.dim() <= MAX_DIMS and is_dense(t)
-               for t in tensors)
+    for t in tensors:
+        if t.device != device:
+            return f"tensors on several devices ({device}, {t.device})"
+        if t.dtype != dtype:
+            return f"a {t.dtype} tensor (the kernels take {dtype})"
+        if t.dim() > MAX_DIMS:
+            return f"a tensor with {t.dim()} dims (at most {MAX_DIMS})"
+        if not is_dense(t):
+            return f"a non-dense tensor of shape {tuple(t.shape)}, strides {t.stride()}"
+        if t.numel() > MAX_NUMEL:
+            return f"a tensor of {t.numel():,} elements (at most {MAX_NUMEL:,})"
+    return None
+
+
+def tensors_fit(tensors, dtype=torch.float32) -> bool:
+    return misfit(tensors, dtype) is None
 
 
 def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and (a.numel() <= 1 or a.stride() == b.stride())
+    """Same shape and the same memory order; strides of size-1 dims are ignored (they never move
+    the address, and torch sets them freely, e.g. on gradients)."""
+    return a.shape == b.shape and all(n == 1 or x == y
+                                      for n, x, y in zip(a.shape, a.stride(), b.stride()))
 
 
 def _padded(values, fill):
@@ -111,14 +142,15 @@ class Layout:
                 chunk_start.append(start)
         self.num_chunks = len(chunk_tensor)
         self.num_groups = max(groups, default=-1) + 1
-        self.numel = _to_device(numel, torch.int64, device)
-        self.sizes = _to_device([_padded(s, 1) for s in shapes], torch.int64, device)
-        self.strides = _to_device([_padded(s, 0) for s in strides], torch.int64, device)
+        # int32 throughout: every index and offset inside a tensor is below MAX_NUMEL
+        self.numel = _to_device(numel, torch.int32, device)
+        self.sizes = _to_device([_padded(s, 1) for s in shapes], torch.int32, device)
+        self.strides = _to_device([_padded(s, 0) for s in strides], torch.int32, device)
         self.groups = _to_device(list(groups), torch.int32, device)
         self.chunk_tensor = _to_device(chunk_tensor or [0], torch.int32, device)
-        self.chunk_start = _to_device(chunk_start or [0], torch.int64, device)
+        self.chunk_start = _to_device(chunk_start or [0], torch.int32, device)
         self.group_first_chunk = _to_device(
-            [first_chunk.get(g, 0) for g in range(max(self.num_groups, 1))], torch.int64, device)
+            [first_chunk.get(g, 0) for g in range(max(self.num_groups, 1))], torch.int32, device)
 
 
 def layout(tensors, groups, block: int, unit: int = 1) -> Layout:
@@ -129,11 +161,20 @@ def layout(tensors, groups, block: int, unit: int = 1) -> Layout:
     return _remember(_layouts, key, lambda: Layout(shapes, strides, groups, device, block, unit))
 
 
-def pointers(tensors, device: torch.device) -> torch.Tensor:
-    """int64 device table of the tensors' data addresses (0 for None)."""
+class Pointers(NamedTuple):
+    table: torch.Tensor  # int64 device table of data addresses (0 for None)
+    aligned: bool  # every address a multiple of ALIGNMENT (DDP's bucket-view gradients may not be)
+
+
+def pointers(tensors, device: torch.device) -> Pointers:
     addresses = tuple(0 if t is None else t.data_ptr() for t in tensors)
-    return _remember(_pointers, (device, addresses),
-                     lambda: _to_device(list(addresses), torch.int64, device))
+    return _remember(_pointers, (device, addresses), lambda: Pointers(
+        _to_device(list(addresses), torch.int64, device),
+        all(a % ALIGNMENT == 0 for a in addresses)))
+
+
+def aligned(*tables: Pointers) -> bool:
+    return all(t.aligned for t in tables)
 
 
 def small_table(values, dtype, device) -> torch.Tensor:

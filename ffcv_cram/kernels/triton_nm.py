@@ -10,8 +10,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import triton_chunk as ck
 from .triton_layout import layout, pointers
-from .triton_select import LAUNCH, _logical_offsets, _pointer
+from .triton_select import LAUNCH
 
 GROUPS_PER_PROGRAM = 256
 
@@ -24,8 +25,8 @@ def _nm_select(w_ptrs, mask_ptrs, chunk_tensor, chunk_start, numel, sizes, strid
     group = tl.load(chunk_start + c) + tl.arange(0, GROUPS)[:, None]
     position = tl.arange(0, M_POW2)[None, :]
     valid = (group < tl.load(numel + t) // M) & (position < M)
-    offsets = _logical_offsets(group * M + position, sizes, strides, t)
-    w_ptr = _pointer(w_ptrs, t, tl.float32)
+    offsets = ck.logical_offsets(group * M + position, sizes, strides, t)
+    w_ptr = ck.pointer(w_ptrs, t, tl.float32)
     w = tl.load(w_ptr + offsets, mask=valid, other=0.0)
     key = w.to(tl.int32, bitcast=True) & 0x7FFFFFFF
     rank = tl.zeros([GROUPS, M_POW2], tl.int32)
@@ -33,7 +34,7 @@ def _nm_select(w_ptrs, mask_ptrs, chunk_tensor, chunk_start, numel, sizes, strid
         other = tl.sum(tl.where(position == j, key, 0), axis=1)[:, None]
         rank += ((other < key) | ((other == key) & (position > j))).to(tl.int32)
     keep = rank >= M - N
-    tl.store(_pointer(mask_ptrs, t, tl.int8) + offsets, keep.to(tl.int8), mask=valid)
+    tl.store(ck.pointer(mask_ptrs, t, tl.int8) + offsets, keep.to(tl.int8), mask=valid)
     if ZERO:
         tl.store(w_ptr + offsets, w * keep.to(tl.float32), mask=valid)
 
@@ -55,6 +56,6 @@ def nm_select(tensors, masks, n: int, m: int, zero: bool) -> None:
     if plan.num_chunks == 0:
         return
     _nm_select[(plan.num_chunks,)](
-        pointers(tensors, device), pointers(masks, device), plan.chunk_tensor, plan.chunk_start,
-        plan.numel, plan.sizes, plan.strides, n, M=m, M_POW2=triton.next_power_of_2(m), ZERO=zero,
-        GROUPS=GROUPS_PER_PROGRAM, **LAUNCH)
+        pointers(tensors, device).table, pointers(masks, device).table, plan.chunk_tensor,
+        plan.chunk_start, plan.numel, plan.sizes, plan.strides, n, M=m,
+        M_POW2=triton.next_power_of_2(m), ZERO=zero, GROUPS=GROUPS_PER_PROGRAM, **LAUNCH)

@@ -8,17 +8,21 @@ smallest key, on the device (no host synchronisation anywhere). Selection groups
 the same launches: one group for a global threshold, one per tensor for uniform sparsity.
 
 Reading the weights is the cost, so with few groups (a global threshold) two passes suffice: the
-first histograms the top 12 bits; the second, besides the next 10 bits, counts the keys sharing
-that prefix (a small fraction) by all of their remaining 19 bits with global atomics, and the pick
-reads the 512 fine bins under its chosen 10-bit digit. With many groups (uniform), whose fine
-histograms would take 2 MB each, a third pass takes the last 9 bits instead.
+first histograms the top 10 bits; the second, besides the next 10 bits, counts the keys sharing
+that prefix (a small fraction) by all of their remaining 21 bits with global atomics, and the pick
+reads the 2048 fine bins under its chosen 10-bit digit. With many groups (uniform), whose fine
+histograms would take 8 MB each, a third pass counts the last 11 bits of the (very few) keys
+sharing the 20-bit prefix with one global atomic each. Digits stay narrow because triton 3.6 (the
+one GPU images ship with torch 2.11) lowers `tl.histogram` to NBINS / 32 counters per thread
+(4096 bins: 128 registers, and spills); triton 3.8 counts in shared memory.
 
 Ties at the threshold key T: the common case (all of them pruned) needs nothing more. Otherwise three
 small launches, whose programs return at once when no group has a partial tie, count the ties per
 chunk in logical (row-major) order, scan the counts, and mark which ties are kept.
 
 The first pass can also perturb the weights (the CrAM step: save w and g, w += rho * g) before it
-histograms them, so the step reads the weights once for both.
+histograms them, so the step reads the weights once for both; unless the gradients are not 16-byte
+aligned (DDP's bucket views), when the perturbation takes a pass of its own (see `select`).
 """
 from __future__ import annotations
 
@@ -26,37 +30,20 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_layout import Layout, layout, pointers, small_table
+from . import triton_chunk as ck
+from .triton_layout import Layout, aligned, layout, pointers, small_table
 
 BLOCK = 4096
-DIGITS = ((31, 19, 12), (19, 9, 10), (9, 0, 9))  # (prefix shift, digit shift, digit width)
-FINE_BITS = 9  # pass 2 of the two-pass schedule resolves its digit and these low bits at once
+DIGITS = ((31, 21, 10), (21, 11, 10), (11, 0, 11))  # (prefix shift, digit shift, digit width)
+FINE_BITS = 11  # pass 2 of the two-pass schedule resolves its digit and these low bits at once
 FINE_GROUPS = 4  # at most this many groups take the two-pass schedule
-MAX_BINS = 1 << 12
+MAX_BINS = 1 << 11
 SCAN_BLOCK = 1024
-ABS_MASK = 0x7FFFFFFF
+ABS_MASK = tl.constexpr(0x7FFFFFFF)  # clears the sign bit: float bits -> magnitude key
 LAUNCH = dict(num_warps=8, enable_fp_fusion=False)  # no FMA: products round like torch's
-
-
-@triton.jit
-def _pointer(table, t, dtype: tl.constexpr):
-    return tl.load(table + t).to(tl.pointer_type(dtype))
-
-
-@triton.jit
-def _logical_offsets(index, sizes, strides, t):
-    """Memory offsets of row-major indices `index` of tensor t (sizes/strides padded to 4 dims)."""
-    s1 = tl.load(sizes + t * 4 + 1)
-    s2 = tl.load(sizes + t * 4 + 2)
-    s3 = tl.load(sizes + t * 4 + 3)
-    i3 = index % s3
-    rest = index // s3
-    i2 = rest % s2
-    rest = rest // s2
-    i1 = rest % s1
-    i0 = rest // s1
-    return (i0 * tl.load(strides + t * 4) + i1 * tl.load(strides + t * 4 + 1)
-            + i2 * tl.load(strides + t * 4 + 2) + i3 * tl.load(strides + t * 4 + 3))
+# pass 2 of the two-pass schedule runs 8 elements per thread, not 16: beside triton 3.6's 32
+# histogram counters per thread its fine atomics otherwise need up to 168 registers (sm_80)
+FINE_LAUNCH = dict(LAUNCH, num_warps=16)
 
 
 @triton.jit
@@ -64,46 +51,64 @@ def _histogram_pass(keys_ptrs, grad_ptrs, wsave_ptrs, gsave_ptrs, rho, scale_ptr
                     chunk_tensor, chunk_start, numel, groups, state, hist, fine,
                     prefix_shift, shift, NBINS: tl.constexpr, ROW: tl.constexpr,
                     FIRST: tl.constexpr, FINE: tl.constexpr, FINE_BINS: tl.constexpr,
-                    HIST: tl.constexpr,
-                    PERTURB: tl.constexpr, PLUS: tl.constexpr, NORM: tl.constexpr,
+                    HIST: tl.constexpr, DIRECT: tl.constexpr, PERTURB: tl.constexpr,
+                    PLUS: tl.constexpr, NORM: tl.constexpr, ALIGNED: tl.constexpr,
                     BLOCK: tl.constexpr):
-    c = tl.program_id(0)
-    t = tl.load(chunk_tensor + c)
-    start = tl.load(chunk_start + c)
-    offsets = start + tl.arange(0, BLOCK)
-    valid = offsets < tl.load(numel + t)
-    w_ptr = _pointer(keys_ptrs, t, tl.float32)
-    w = tl.load(w_ptr + offsets, mask=valid, other=0.0)
+    t, start, size = ck.chunk(chunk_tensor, chunk_start, numel, BLOCK)
+    if size == BLOCK:
+        _histogram_chunk(keys_ptrs, grad_ptrs, wsave_ptrs, gsave_ptrs, rho, scale_ptr, groups,
+                         state, hist, fine, t, start, size, prefix_shift, shift, NBINS, ROW,
+                         FIRST, FINE, FINE_BINS, HIST, DIRECT, PERTURB, PLUS, NORM, ALIGNED, True,
+                         BLOCK)
+    else:
+        _histogram_chunk(keys_ptrs, grad_ptrs, wsave_ptrs, gsave_ptrs, rho, scale_ptr, groups,
+                         state, hist, fine, t, start, size, prefix_shift, shift, NBINS, ROW,
+                         FIRST, FINE, FINE_BINS, HIST, DIRECT, PERTURB, PLUS, NORM, ALIGNED, False,
+                         BLOCK)
+
+
+@triton.jit
+def _histogram_chunk(keys_ptrs, grad_ptrs, wsave_ptrs, gsave_ptrs, rho, scale_ptr, groups, state,
+                     hist, fine, t, start, size, prefix_shift, shift, NBINS: tl.constexpr,
+                     ROW: tl.constexpr, FIRST: tl.constexpr, FINE: tl.constexpr,
+                     FINE_BINS: tl.constexpr, HIST: tl.constexpr, DIRECT: tl.constexpr,
+                     PERTURB: tl.constexpr, PLUS: tl.constexpr, NORM: tl.constexpr,
+                     ALIGNED: tl.constexpr, FULL: tl.constexpr, BLOCK: tl.constexpr):
+    w_at = ck.base(keys_ptrs, t, start, tl.float32, ALIGNED)
+    w = ck.load(w_at, size, FULL, BLOCK)
     if PERTURB:  # the CrAM step's first half: save w (and g), w += rho * g
-        g = tl.load(_pointer(grad_ptrs, t, tl.float32) + offsets, mask=valid, other=0.0)
-        tl.store(_pointer(wsave_ptrs, t, tl.float32) + offsets, w, mask=valid)
+        g = ck.load(ck.base(grad_ptrs, t, start, tl.float32, ALIGNED), size, FULL, BLOCK)
+        ck.store(ck.base(wsave_ptrs, t, start, tl.float32, ALIGNED), w, size, FULL, BLOCK)
         if PLUS:
-            tl.store(_pointer(gsave_ptrs, t, tl.float32) + offsets, g, mask=valid)
+            ck.store(ck.base(gsave_ptrs, t, start, tl.float32, ALIGNED), g, size, FULL, BLOCK)
         scale = tl.load(rho + t)
         if NORM:
             scale = tl.load(scale_ptr) * scale
         w = w + g * scale
-        tl.store(w_ptr + offsets, w, mask=valid)
+        ck.store(w_at, w, size, FULL, BLOCK)
     if HIST:
-        # (scalar conditions enter masks as limits: the interpreter cannot mix them with blocks)
         group = tl.load(groups + t)
-        selected = offsets < tl.where(group >= 0, tl.load(numel + t), 0)
-        key = w.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-        if not FIRST:
-            prefix = tl.load(state + tl.maximum(group, 0) * 3)
-            selected = selected & ((key >> prefix_shift).to(tl.int64) == prefix)
-        digit = tl.where(selected, (key >> shift) & (NBINS - 1), 0)
-        bins = tl.arange(0, NBINS)
-        counts = tl.histogram(digit, NBINS)
-        # the unselected keys were counted as digit 0: take them out again
-        counts -= tl.where(bins == 0, tl.sum((~selected).to(tl.int32)), 0)
-        tl.atomic_add(hist + tl.maximum(group, 0) * ROW + bins, counts,
-                      mask=(counts > 0) & (bins < tl.where(group >= 0, NBINS, 0)))
-        if FINE:  # every remaining bit: few keys share the prefix, so few atomics
-            row = NBINS * FINE_BINS
-            low = key & (row - 1)
-            tl.atomic_add(fine + tl.maximum(group, 0) * row + low, tl.full(low.shape, 1, tl.int32),
-                          mask=selected)
+        if group >= 0:  # tensors outside every group are only perturbed
+            selected = ck.in_chunk(size, FULL, BLOCK)
+            key = w.to(tl.int32, bitcast=True) & ABS_MASK
+            if not FIRST:
+                prefix = tl.load(state + group * 3).to(tl.int32)
+                selected = selected & ((key >> prefix_shift) == prefix)
+            ones = tl.full([BLOCK], 1, tl.int32)
+            # relaxed atomics: only the launch boundary orders them with their readers
+            if FINE:  # every remaining bit: few keys share the prefix, so few atomics
+                row = NBINS * FINE_BINS
+                tl.atomic_add(fine + group * row + (key & (row - 1)), ones, mask=selected,
+                              sem="relaxed")
+            digit = (key >> shift) & (NBINS - 1)
+            if DIRECT:  # the last digit: so few keys share the prefix that atomics beat a histogram
+                tl.atomic_add(hist + group * ROW + digit, ones, mask=selected, sem="relaxed")
+            else:
+                bins = tl.arange(0, NBINS)
+                # the unselected keys are counted as digit 0: take them out again
+                counts = tl.histogram(tl.where(selected, digit, 0), NBINS) - tl.where(
+                    bins == 0, tl.sum((~selected).to(tl.int32)), 0)
+                tl.atomic_add(hist + group * ROW + bins, counts, mask=counts > 0, sem="relaxed")
 
 
 @triton.jit
@@ -142,26 +147,44 @@ def _pick_digit(hist, fine, state, k, WIDTH: tl.constexpr, NBINS: tl.constexpr,
 
 @triton.jit
 def _partial_ties(state, group):
-    """(threshold, ties to prune, whether only some of the ties at the threshold are pruned)."""
-    g = tl.maximum(group, 0)
-    threshold = tl.load(state + g * 3)
-    to_prune = tl.load(state + g * 3 + 1)
-    total = tl.load(state + g * 3 + 2)
-    return threshold, to_prune, (group >= 0) & (to_prune > 0) & (to_prune < total)
+    """(threshold key, ties to prune, whether only some of the ties at the threshold are pruned)
+    of a group >= 0."""
+    threshold = tl.load(state + group * 3).to(tl.int32)  # a 31-bit key
+    to_prune = tl.load(state + group * 3 + 1)
+    total = tl.load(state + group * 3 + 2)
+    return threshold, to_prune, (to_prune > 0) & (to_prune < total)
+
+
+@triton.jit
+def _tie_chunk(chunk_tensor, chunk_start, numel, groups, state, BLOCK: tl.constexpr):
+    """(tensor, group, threshold, ties to prune, partial tie in a group, start, size) of this
+    program's chunk."""
+    t, start, size = ck.chunk(chunk_tensor, chunk_start, numel, BLOCK)
+    group = tl.load(groups + t)
+    threshold, to_prune, partial = _partial_ties(state, tl.maximum(group, 0))
+    return t, group, threshold, to_prune, (group >= 0) & partial, start, size
+
+
+@triton.jit
+def _ties(keys_ptrs, t, start, size, sizes, strides, threshold, BLOCK: tl.constexpr):
+    """Memory offsets of the chunk's elements in logical order, and which of them are ties."""
+    index = tl.arange(0, BLOCK)
+    valid = index < size
+    offsets = ck.logical_offsets(start + index, sizes, strides, t)
+    key = tl.load(ck.pointer(keys_ptrs, t, tl.int32) + offsets, mask=valid, other=0) & ABS_MASK
+    return offsets, valid & (key == threshold)
 
 
 @triton.jit
 def _count_ties(keys_ptrs, chunk_tensor, chunk_start, numel, sizes, strides, groups, state,
                 counts, BLOCK: tl.constexpr):
-    c = tl.program_id(0)
-    t = tl.load(chunk_tensor + c)
-    threshold, _, partial = _partial_ties(state, tl.load(groups + t))
-    index = tl.load(chunk_start + c) + tl.arange(0, BLOCK)
-    limit = tl.where(partial, tl.load(numel + t), 0)
-    valid = index < limit
-    offsets = _logical_offsets(index, sizes, strides, t)
-    key = tl.load(_pointer(keys_ptrs, t, tl.int32) + offsets, mask=valid, other=0) & 0x7FFFFFFF
-    tl.store(counts + c, tl.sum((valid & (key.to(tl.int64) == threshold)).to(tl.int64)))
+    t, group, threshold, to_prune, partial, start, size = _tie_chunk(
+        chunk_tensor, chunk_start, numel, groups, state, BLOCK)
+    if partial:
+        _, tie = _ties(keys_ptrs, t, start, size, sizes, strides, threshold, BLOCK)
+        tl.store(counts + tl.program_id(0), tl.sum(tie.to(tl.int32)))
+    else:  # the usual case: exit at once
+        tl.store(counts + tl.program_id(0), 0)
 
 
 @triton.jit
@@ -169,7 +192,7 @@ def _exclusive_scan(counts, out, n, BLOCK: tl.constexpr):
     carry = tl.zeros([1], tl.int64)
     for start in range(0, n, BLOCK):
         index = start + tl.arange(0, BLOCK)
-        x = tl.load(counts + index, mask=index < n, other=0)
+        x = tl.load(counts + index, mask=index < n, other=0).to(tl.int64)
         inclusive = tl.cumsum(x, 0)
         tl.store(out + index, carry + inclusive - x, mask=index < n)
         carry += tl.sum(x)
@@ -179,45 +202,53 @@ def _exclusive_scan(counts, out, n, BLOCK: tl.constexpr):
 def _mark_kept_ties(keys_ptrs, mask_ptrs, chunk_tensor, chunk_start, numel, sizes, strides, groups,
                     state, before, group_first_chunk, BLOCK: tl.constexpr):
     """Ties beyond the first `ties to prune` of their group (logical order) are kept."""
-    c = tl.program_id(0)
-    t = tl.load(chunk_tensor + c)
-    group = tl.load(groups + t)
-    threshold, to_prune, partial = _partial_ties(state, group)
-    index = tl.load(chunk_start + c) + tl.arange(0, BLOCK)
-    limit = tl.where(partial, tl.load(numel + t), 0)
-    valid = index < limit
-    offsets = _logical_offsets(index, sizes, strides, t)
-    key = tl.load(_pointer(keys_ptrs, t, tl.int32) + offsets, mask=valid, other=0) & 0x7FFFFFFF
-    tie = valid & (key.to(tl.int64) == threshold)
-    tie64 = tie.to(tl.int64)
-    first = tl.load(group_first_chunk + tl.maximum(group, 0))
-    rank = tl.load(before + c) - tl.load(before + first) + tl.cumsum(tie64, 0) - tie64
-    tl.store(_pointer(mask_ptrs, t, tl.int8) + offsets, (rank >= to_prune).to(tl.int8), mask=tie)
+    t, group, threshold, to_prune, partial, start, size = _tie_chunk(
+        chunk_tensor, chunk_start, numel, groups, state, BLOCK)
+    if partial:
+        offsets, tie = _ties(keys_ptrs, t, start, size, sizes, strides, threshold, BLOCK)
+        tie32 = tie.to(tl.int32)
+        c = tl.program_id(0)
+        # ties of the group before this chunk, and the first kept tie's rank inside the chunk
+        earlier = tl.load(before + c) - tl.load(before + tl.load(group_first_chunk + group))
+        first_kept = tl.minimum(tl.maximum(to_prune - earlier, 0), BLOCK).to(tl.int32)
+        rank = tl.cumsum(tie32, 0) - tie32
+        tl.store(ck.pointer(mask_ptrs, t, tl.int8) + offsets, (rank >= first_kept).to(tl.int8),
+                 mask=tie)
 
 
 @triton.jit
 def _apply_threshold(keys_ptrs, mask_ptrs, chunk_tensor, chunk_start, numel, groups, state,
-                     ZERO: tl.constexpr, BLOCK: tl.constexpr):
-    """mask = key > T (ties: all pruned, all kept, or as marked); with ZERO, pruned w become +-0."""
-    c = tl.program_id(0)
-    t = tl.load(chunk_tensor + c)
+                     ZERO: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    t, start, size = ck.chunk(chunk_tensor, chunk_start, numel, BLOCK)
     group = tl.load(groups + t)
+    if group >= 0:  # tensors outside every group have no mask
+        if size == BLOCK:
+            _threshold_chunk(keys_ptrs, mask_ptrs, state, t, group, start, size, ZERO, ALIGNED,
+                             True, BLOCK)
+        else:
+            _threshold_chunk(keys_ptrs, mask_ptrs, state, t, group, start, size, ZERO, ALIGNED,
+                             False, BLOCK)
+
+
+@triton.jit
+def _threshold_chunk(keys_ptrs, mask_ptrs, state, t, group, start, size, ZERO: tl.constexpr,
+                     ALIGNED: tl.constexpr, FULL: tl.constexpr, BLOCK: tl.constexpr):
+    """mask = key > T (ties: all pruned, all kept, or as marked); with ZERO, pruned w become +-0."""
     threshold, to_prune, partial = _partial_ties(state, group)
-    offsets = tl.load(chunk_start + c) + tl.arange(0, BLOCK)
-    limit = tl.where(group >= 0, tl.load(numel + t), 0)
-    valid = offsets < limit
-    w_ptr = _pointer(keys_ptrs, t, tl.float32)
-    mask_ptr = _pointer(mask_ptrs, t, tl.int8)
-    w = tl.load(w_ptr + offsets, mask=valid, other=0.0)
-    key = (w.to(tl.int32, bitcast=True) & 0x7FFFFFFF).to(tl.int64)
-    tie = key == threshold
-    marked = tl.load(mask_ptr + offsets, mask=tie & (offsets < tl.where(partial, limit, 0)),
-                     other=0)
+    w_at = ck.base(keys_ptrs, t, start, tl.float32, ALIGNED)
+    mask_at = ck.base(mask_ptrs, t, start, tl.int8, ALIGNED)
+    w = ck.load(w_at, size, FULL, BLOCK)
+    key = w.to(tl.int32, bitcast=True) & ABS_MASK
     # to_prune == 0: every tie is kept, i.e. keep key >= T
-    keep = (key > tl.where(to_prune == 0, threshold - 1, threshold)) | (tie & (marked != 0))
-    tl.store(mask_ptr + offsets, keep.to(tl.int8), mask=valid)
+    keep = key > tl.where(to_prune == 0, threshold - 1, threshold)
+    if partial:  # the ties _mark_kept_ties marked as kept
+        tie = key == threshold
+        index = tl.arange(0, BLOCK)
+        marked = tl.load(mask_at + index, mask=tie & (index < size), other=0)
+        keep = keep | (tie & (marked != 0))
+    ck.store(mask_at, keep.to(tl.int8), size, FULL, BLOCK)
     if ZERO:
-        tl.store(w_ptr + offsets, w * keep.to(tl.float32), mask=valid)
+        ck.store(w_at, w * keep.to(tl.float32), size, FULL, BLOCK)
 
 
 class Perturbation:
@@ -226,6 +257,20 @@ class Perturbation:
     def __init__(self, grads, w_saves, g_saves, rhos, inv_norm=None):
         self.grads, self.w_saves, self.g_saves = grads, w_saves, g_saves
         self.rhos, self.inv_norm = rhos, inv_norm
+
+
+def _perturbation_args(p: Perturbation | None, keys, placeholder, device):
+    """(tables and scalars, flags, alignment) of the perturbation arguments of `_histogram_pass`;
+    without a perturbation, placeholders that the pass does not read."""
+    if p is None:
+        flags = dict(PERTURB=False, PLUS=False, NORM=False)
+        return (keys.table,) * 4 + (placeholder,) * 2, flags, keys.aligned
+    tables = [pointers(p.grads, device), pointers(p.w_saves, device),
+              pointers(p.g_saves, device) if p.g_saves else keys]
+    args = (keys.table, *(t.table for t in tables), small_table(p.rhos, torch.float32, device),
+            p.inv_norm if p.inv_norm is not None else placeholder)
+    flags = dict(PERTURB=True, PLUS=bool(p.g_saves), NORM=p.inv_norm is not None)
+    return args, flags, aligned(keys, *tables)
 
 
 def select(tensors, groups, counts, masks, zero: bool, perturb: Perturbation | None = None):
@@ -237,8 +282,7 @@ def select(tensors, groups, counts, masks, zero: bool, perturb: Perturbation | N
     device = tensors[0].device
     plan: Layout = layout(tensors, groups, BLOCK)
     grid = (max(plan.num_chunks, 1),)
-    keys = pointers(tensors, device)
-    mask_table = pointers(masks, device)
+    keys, mask_table = pointers(tensors, device), pointers(masks, device)
     num_groups = max(plan.num_groups, 1)
     k = small_table(list(counts) or [0], torch.int64, device)
     state = torch.empty((num_groups, 3), dtype=torch.int64, device=device)
@@ -248,35 +292,37 @@ def select(tensors, groups, counts, masks, zero: bool, perturb: Perturbation | N
     fine_bins = 1 << FINE_BITS
     fine = (torch.zeros((num_groups, (1 << DIGITS[1][2]) * fine_bins), dtype=torch.int32,
                         device=device) if two_pass and plan.num_groups else hist)
-    table_args = (plan.chunk_tensor, plan.chunk_start, plan.numel, plan.groups, state)
+    common = (plan.chunk_tensor, plan.chunk_start, plan.numel, plan.groups, state)
+    constants = dict(ROW=MAX_BINS, FINE_BINS=fine_bins, BLOCK=BLOCK)
+    fused = None if perturb is None else _perturbation_args(perturb, keys, k, device)
+    if fused is not None and (plan.num_groups == 0 or not fused[2]):
+        # a pass of its own: nothing to select, or unaligned gradients (e.g. DDP's bucket views)
+        # whose scalar accesses leave too few registers for a histogram as well
+        args, flags, is_aligned = fused
+        _histogram_pass[grid](*args, *common, hist[0], fine, 0, 0, NBINS=1 << digits[0][2],
+                              FIRST=True, FINE=False, HIST=False, DIRECT=False,
+                              ALIGNED=is_aligned, **flags, **constants, **LAUNCH)
+        fused = None
+    if plan.num_groups == 0:
+        return
     for index, (prefix_shift, shift, width) in enumerate(digits):
-        first = index == 0
-        fused = first and perturb is not None
-        p = perturb if fused else None
-        with_fine = two_pass and index == 1
-        _histogram_pass[grid](
-            keys, pointers(p.grads, device) if p else keys,
-            pointers(p.w_saves, device) if p else keys,
-            pointers(p.g_saves, device) if p and p.g_saves else keys,
-            small_table(p.rhos, torch.float32, device) if p else k,
-            p.inv_norm if p is not None and p.inv_norm is not None else k,
-            *table_args, hist[index], fine, prefix_shift, shift, NBINS=1 << width, ROW=MAX_BINS,
-            FIRST=first, FINE=with_fine, FINE_BINS=fine_bins, HIST=plan.num_groups > 0,
-            PERTURB=fused,
-            PLUS=bool(p and p.g_saves), NORM=bool(p and p.inv_norm is not None), BLOCK=BLOCK,
-            **LAUNCH)
-        if plan.num_groups == 0:
-            return
+        first, with_fine = index == 0, two_pass and index == 1
+        args, flags, is_aligned = (fused if first and fused is not None
+                                   else _perturbation_args(None, keys, k, device))
+        _histogram_pass[grid](*args, *common, hist[index], fine, prefix_shift, shift,
+                              NBINS=1 << width, FIRST=first, FINE=with_fine, HIST=True,
+                              DIRECT=index == 2, ALIGNED=is_aligned, **flags, **constants,
+                              **(FINE_LAUNCH if with_fine else LAUNCH))
         _pick_digit[(num_groups,)](hist[index], fine, state, k, WIDTH=width, NBINS=MAX_BINS,
                                    FIRST=first, FINE=with_fine, FINE_BINS=fine_bins)
-    _resolve_ties(plan, grid, keys, mask_table, state, device)
-    _apply_threshold[grid](keys, mask_table, plan.chunk_tensor, plan.chunk_start, plan.numel,
-                           plan.groups, state, ZERO=zero, BLOCK=BLOCK, **LAUNCH)
+    _resolve_ties(plan, grid, keys.table, mask_table.table, state, device)
+    _apply_threshold[grid](keys.table, mask_table.table, *common, ZERO=zero,
+                           ALIGNED=aligned(keys, mask_table), BLOCK=BLOCK, **LAUNCH)
 
 
 def _resolve_ties(plan, grid, keys, mask_table, state, device):
-    counts = torch.empty(grid[0], dtype=torch.int64, device=device)
-    before = torch.empty_like(counts)
+    counts = torch.empty(grid[0], dtype=torch.int32, device=device)
+    before = torch.empty(grid[0], dtype=torch.int64, device=device)
     args = (plan.chunk_tensor, plan.chunk_start, plan.numel, plan.sizes, plan.strides,
             plan.groups, state)
     _count_ties[grid](keys, *args, counts, BLOCK=BLOCK, **LAUNCH)

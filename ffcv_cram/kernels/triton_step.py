@@ -12,9 +12,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_layout import layout, pointers
+from . import triton_chunk as ck
+from .triton_layout import aligned, layout, pointers
 from .triton_nm import nm_select
-from .triton_select import BLOCK, LAUNCH, Perturbation, _pointer, select
+from .triton_select import BLOCK, LAUNCH, Perturbation, select
 
 __all__ = ["Perturbation", "perturb", "perturb_and_select", "nm_compress", "finish"]
 
@@ -36,24 +37,31 @@ def nm_compress(params, masks, n: int, m: int) -> None:
 
 @triton.jit
 def _finish(grad_ptrs, w_ptrs, wsave_ptrs, gsave_ptrs, mask_ptrs, chunk_tensor, chunk_start, numel,
-            SPARSE: tl.constexpr, PLUS: tl.constexpr, BLOCK: tl.constexpr):
-    c = tl.program_id(0)
-    t = tl.load(chunk_tensor + c)
-    offsets = tl.load(chunk_start + c) + tl.arange(0, BLOCK)
-    size = tl.load(numel + t)
-    valid = offsets < size
-    grad_ptr = _pointer(grad_ptrs, t, tl.float32)
-    g = tl.load(grad_ptr + offsets, mask=valid, other=0.0)
-    if SPARSE:  # tensors without a mask (pointer 0) keep their gradient
-        mask_address = tl.load(mask_ptrs + t)
-        has_mask = offsets < tl.where(mask_address != 0, size, 0)
-        keep = tl.load(mask_address.to(tl.pointer_type(tl.int8)) + offsets, mask=has_mask, other=1)
-        g = g * keep.to(tl.float32)
+            SPARSE: tl.constexpr, PLUS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    t, start, size = ck.chunk(chunk_tensor, chunk_start, numel, BLOCK)
+    if size == BLOCK:
+        _finish_chunk(grad_ptrs, w_ptrs, wsave_ptrs, gsave_ptrs, mask_ptrs, t, start, size,
+                      SPARSE, PLUS, ALIGNED, True, BLOCK)
+    else:
+        _finish_chunk(grad_ptrs, w_ptrs, wsave_ptrs, gsave_ptrs, mask_ptrs, t, start, size,
+                      SPARSE, PLUS, ALIGNED, False, BLOCK)
+
+
+@triton.jit
+def _finish_chunk(grad_ptrs, w_ptrs, wsave_ptrs, gsave_ptrs, mask_ptrs, t, start, size,
+                  SPARSE: tl.constexpr, PLUS: tl.constexpr, ALIGNED: tl.constexpr,
+                  FULL: tl.constexpr, BLOCK: tl.constexpr):
+    grad_at = ck.base(grad_ptrs, t, start, tl.float32, ALIGNED)
+    g = ck.load(grad_at, size, FULL, BLOCK)
+    if SPARSE:
+        if tl.load(mask_ptrs + t) != 0:  # tensors without a mask keep their gradient
+            keep = ck.load(ck.base(mask_ptrs, t, start, tl.int8, ALIGNED), size, FULL, BLOCK)
+            g = g * keep.to(tl.float32)
     if PLUS:
-        g = g + tl.load(_pointer(gsave_ptrs, t, tl.float32) + offsets, mask=valid, other=0.0)
-    tl.store(grad_ptr + offsets, g, mask=valid)
-    w = tl.load(_pointer(wsave_ptrs, t, tl.float32) + offsets, mask=valid, other=0.0)
-    tl.store(_pointer(w_ptrs, t, tl.float32) + offsets, w, mask=valid)
+        g = g + ck.load(ck.base(gsave_ptrs, t, start, tl.float32, ALIGNED), size, FULL, BLOCK)
+    ck.store(grad_at, g, size, FULL, BLOCK)
+    w = ck.load(ck.base(wsave_ptrs, t, start, tl.float32, ALIGNED), size, FULL, BLOCK)
+    ck.store(ck.base(w_ptrs, t, start, tl.float32, ALIGNED), w, size, FULL, BLOCK)
 
 
 def finish(params, grads, w_saves, g_saves, masks) -> None:
@@ -63,10 +71,12 @@ def finish(params, grads, w_saves, g_saves, masks) -> None:
     plan = layout(params, [-1] * len(params), BLOCK)
     if plan.num_chunks == 0:
         return
-    grad_table = pointers(grads, device)
+    grad_table, w_table = pointers(grads, device), pointers(params, device)
+    wsave_table = pointers(w_saves, device)
+    gsave_table = pointers(g_saves, device) if g_saves is not None else grad_table
+    mask_table = pointers(masks, device) if masks is not None else grad_table
+    tables = (grad_table, w_table, wsave_table, gsave_table, mask_table)
     _finish[(plan.num_chunks,)](
-        grad_table, pointers(params, device), pointers(w_saves, device),
-        pointers(g_saves, device) if g_saves is not None else grad_table,
-        pointers(masks, device) if masks is not None else grad_table,
-        plan.chunk_tensor, plan.chunk_start, plan.numel, SPARSE=masks is not None,
-        PLUS=g_saves is not None, BLOCK=BLOCK, **LAUNCH)
+        *(table.table for table in tables), plan.chunk_tensor, plan.chunk_start, plan.numel,
+        SPARSE=masks is not None, PLUS=g_saves is not None, ALIGNED=aligned(*tables),
+        BLOCK=BLOCK, **LAUNCH)

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -39,6 +40,7 @@ class _CompressedTwoPass(TwoPassOptimizer):
         self.generator = torch.Generator().manual_seed(int(seed))
         self._step_masks: list[torch.Tensor | None] = []  # aligned with the moved parameters
         self._fused = False
+        self._fallback_reported = False
 
     def _perturb(self, groups, moved):
         self._fused = bool(moved) and self._fused_path_applies(moved)
@@ -74,26 +76,39 @@ class _CompressedTwoPass(TwoPassOptimizer):
     def _fused_path_applies(self, moved) -> bool:
         if self.kernels is False:
             return False
-        from ..kernels import triton_layout as layout
-        applies = (layout.kernels_usable(moved[0].device, explicit=self.kernels is True)
-                   and layout.tensors_fit(moved)
-                   and all(p.grad.dtype == p.dtype and layout.same_layout(p.grad, p)
-                           for p in moved))
-        if self.kernels is True and not applies:
+        reason = fused_step_misfit(moved, explicit=self.kernels is True)
+        if reason is None:
+            return True
+        if self.kernels is True:
             raise RuntimeError(
-                f"{type(self).__name__}(kernels=True): the fused step needs dense float32 "
-                "parameters and gradients with at most 4 dims on one CUDA device (on the CPU: "
-                "TRITON_INTERPRET=1) and FFCV_CRAM_KERNELS not 0; pass kernels=None to fall back")
-        return applies
+                f"{type(self).__name__}(kernels=True): the fused step cannot run: {reason}. It "
+                "needs dense float32 parameters and gradients with at most 4 dims on one CUDA "
+                "device (on the CPU: TRITON_INTERPRET=1) and FFCV_CRAM_KERNELS not 0; pass "
+                "kernels=None to fall back")
+        self._report_fallback(moved[0].device, reason)
+        return False
+
+    def _report_fallback(self, device, reason: str) -> None:
+        """Say once per optimizer why CUDA parameters take the torch path, which waits for the
+        host several times per step (elsewhere the torch path is the expected one)."""
+        if self._fallback_reported or not _fallback_matters(device):
+            return
+        self._fallback_reported = True
+        warnings.warn(f"{type(self).__name__}: the fused Triton step does not apply ({reason}); "
+                      "the torch path runs instead, with several host synchronisations per step",
+                      RuntimeWarning, stacklevel=4)
 
     def _finish(self, moved):
         masks, self._step_masks = self._step_masks, []
-        if self._fused and all(p.grad is not None for p in moved):
-            from ..kernels.triton_step import finish
-            finish(moved, [p.grad for p in moved], [self.buffer(p, "w") for p in moved],
-                   [self.buffer(p, "g") for p in moved] if self.plus_version else None,
-                   masks if self.sparse_grad else None)
-            return
+        if self._fused:
+            if all(p.grad is not None for p in moved):
+                from ..kernels.triton_step import finish
+                finish(moved, [p.grad for p in moved], [self.buffer(p, "w") for p in moved],
+                       [self.buffer(p, "g") for p in moved] if self.plus_version else None,
+                       masks if self.sparse_grad else None)
+                return
+            self._report_fallback(moved[0].device,
+                                  "a parameter got no gradient in the second pass")
         if self.sparse_grad:
             for p, mask in zip(moved, masks):
                 if mask is not None and p.grad is not None:
@@ -108,6 +123,25 @@ class _CompressedTwoPass(TwoPassOptimizer):
         """Fused path: perturb every moved parameter, compress the prunable ones (those with a
         mask buffer); return the masks used, aligned with `moved` (None: dense)."""
         raise NotImplementedError
+
+
+def fused_step_misfit(params, explicit: bool = False) -> str | None:
+    """Why the fused Triton step cannot take these parameters and their gradients (None: it can)."""
+    from ..kernels import triton_layout as layout
+    reason = layout.unusable_reason(params[0].device, explicit) or layout.misfit(params)
+    if reason is not None:
+        return reason
+    for p in params:
+        if p.grad.dtype != p.dtype:
+            return f"a {p.grad.dtype} gradient of a {p.dtype} parameter"
+        if not layout.same_layout(p.grad, p):
+            return (f"a gradient laid out unlike its parameter (shape {tuple(p.shape)}: strides "
+                    f"{p.grad.stride()} and {p.stride()})")
+    return None
+
+
+def _fallback_matters(device: torch.device) -> bool:
+    return device.type == "cuda"
 
 
 def _sparsity_list(sparsities) -> tuple[float, ...]:
