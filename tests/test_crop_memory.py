@@ -2,6 +2,7 @@
 import weakref
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -109,3 +110,28 @@ def test_working_memory_stays_within_the_budget():
     assert peak <= output + budget, (peak, output + budget)
     assert peak_whole > 8 * budget  # 32 crops padded to 480 x 640 (the hazard)
     assert peak_whole <= chunk_bytes(len(sizes), 480, 640, size)  # and the model is an upper bound
+
+
+@pytest.mark.cuda
+def test_cuda_allocator_peak_stays_within_the_budget():
+    sizes = [(1500, 2000)] * 4 + [(300, 400)] * 60
+    images, _, flips = _batch(sizes, seed=2)
+    images = [image.cuda() for image in images]
+    boxes = np.array([[0, 0, h, w] for h, w in sizes])
+    size, budget = 224, 64 * 2**20
+    output = len(sizes) * 3 * size * size * 4
+
+    def peak(max_bytes):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = resized_crops(images, boxes, size, flips, max_bytes)
+        torch.cuda.synchronize()
+        return out, torch.cuda.max_memory_allocated() - base
+
+    whole, peak_whole = peak(2**62)
+    chunked, peak_chunked = peak(budget)
+    largest_alone = chunk_bytes(1, 1500, 2000, size)  # over the budget: goes alone
+    assert peak_chunked <= output + max(budget, largest_alone) * 1.01, peak_chunked
+    assert peak_whole > 10 * max(budget, largest_alone)
+    assert torch.allclose(chunked, whole, rtol=0, atol=1e-3)
