@@ -8,6 +8,8 @@ warms it up (JIT) and then times the phase; CPU time counts all of the process's
 
 Cases, launched with torchrun and interleaved round by round:
 - 1 process, defaults;
+- 1 process with one torch thread (OMP_NUM_THREADS=1): the same threads per process as each
+  of the 2 processes, for reference;
 - 2 processes, defaults (threads per loader = usable cores / 2; torch threads from the
   OMP_NUM_THREADS=1 that torchrun sets);
 - 2 processes, oversubscribed as every process was before the thread rule: all usable cores for
@@ -119,6 +121,7 @@ def main():
     given = ["--beton", beton, "--batches", str(args.batches)]
     cases = {
         "1 process": (1, {}, given),
+        "1 process, 1 torch thread": (1, {"OMP_NUM_THREADS": "1"}, given),
         "2 processes": (2, {}, given),
         "2 processes, all cores each (before)": (2, {"OMP_NUM_THREADS": str(cores)},
                                                  given + ["--num-workers", str(cores)]),
