@@ -4,8 +4,9 @@ Under torchrun, several processes share one machine. FFCV's default (`num_worker
 one loader thread per core in every loader of every process, and each FFCV Loader also sets
 torch's intra-op thread count to its worker count (when it is built and on every iteration),
 overriding the OMP_NUM_THREADS=1 that torchrun sets for several processes per node. Measured on
-a 2-core machine: 2 processes each running torch's CPU kernels on 2 threads spent several times
-the CPU time of 1 process doing the same work, spinning in OpenMP barriers. So:
+a 2-core machine (bench/bench_threads.py): 2 processes each running torch's CPU kernels on 2
+threads spent about 5x the CPU time of 2 processes with 1 thread each on the same work, spinning
+in OpenMP barriers. So:
 
 - loader threads per loader = usable cores / local processes / loaders that iterate at the same
   time (at least 1), unless the user chose `num_workers`;
