@@ -31,7 +31,7 @@ Section("data", "datasets").params(
     train_dataset=Param(str, "or: training .beton to draw --bnt.calib_size images from", default=""),
     style=Param(OneOf(["imagenet", "cifar"]), "pipeline style", default="imagenet"),
     resolution=Param(IntRange(1), "imagenet style: evaluation and calibration resolution", default=224),
-    num_workers=Param(IntRange(0), "loader threads (0: one per core)", default=0),
+    num_workers=Param(IntRange(0), "threads per loader (0: usable cores / processes per node)", default=0),
     in_memory=Param(Flag(), "keep the datasets in the OS page cache", default=True),
     decode=Param(OneOf(DECODES), "JPEG decode + augmentation: cpu (FFCV) | gpu (nvJPEG) | "
                  "auto (gpu when evaluating on CUDA)", default="cpu"),

@@ -75,6 +75,9 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
                            *args(data, folder, "--training.batch_size=16")],
                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the user's --data.num_workers wins, and only rank 0 says so
+    assert proc.stdout.count("loader threads:") == 1
+    assert "loader threads: 1 per loader (--data.num_workers); torch threads: 1" in proc.stdout
     lines = log_lines(folder)
     assert [line["epoch"] for line in lines] == [0, 1]
     assert sum(lines[0]["sparsity_draws"].values()) == 6  # 96 images per rank / 16

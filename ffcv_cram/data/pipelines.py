@@ -35,6 +35,7 @@ from .device_batches import DeviceBatches
 from .encoded_bytes import EncodedImageBytes, largest_image_bytes
 from .gpu_decode import check_device_decoder
 from .prefetch import prefetch
+from .threads import loader_threads, torch_threads
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -83,6 +84,12 @@ class ImageLoader:
     per (seed, epoch, batch, rank) so they replay too, resampled with anti-aliased bilinear
     (FFCV: OpenCV's INTER_AREA). Corrupt JPEGs are counted in `decode_fallbacks` (decoded on the
     CPU instead) and `decode_failures` (replaced by a blank image); the cpu path has no such counts.
+
+    `num_workers` <= 0 picks this process's share of the usable cores (`threads.loader_threads`;
+    pass the share yourself when several loaders iterate at the same time). FFCV sets torch's
+    intra-op thread count to the loader's worker count whenever a loader is built or iterated;
+    the loader sets it back to `threads.torch_threads()` (OMP_NUM_THREADS, else the process's
+    share of the cores), so that torchrun's processes do not oversubscribe the CPU.
     """
 
     def __init__(self, path: str, *, train: bool, batch_size: int, style: str = "imagenet",
@@ -130,12 +137,15 @@ class ImageLoader:
         else:
             self.decoder = self._decoder(style, train, resolution, crop_ratio)
             image_ops, label_ops = self._cpu_pipelines(style, train, mean, std)
+        self.num_workers = loader_threads(num_workers)
+        self.torch_threads = torch_threads()
         self.loader = Loader(
-            path, batch_size=batch_size, num_workers=num_workers or os.cpu_count() or 1,
+            path, batch_size=batch_size, num_workers=self.num_workers,
             os_cache=in_memory, seed=seed, drop_last=train if drop_last is None else drop_last,
             order=OrderOption.QUASI_RANDOM if order == "quasi_random" else OrderOption.SEQUENTIAL,
             pipelines={"image": image_ops, "label": label_ops},
             indices=None if indices is None else np.asarray(indices, dtype=np.uint64))
+        self._reset_torch_threads()
         if self.decode == "gpu" and style == "cifar":
             _check_one_size(path, self.loader.reader)
         if order != "quasi_random":
@@ -194,6 +204,16 @@ class ImageLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def _reset_torch_threads(self) -> None:
+        """Undo FFCV's `torch.set_num_threads(num_workers)` (in Loader() and Loader.__iter__)."""
+        if torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+
+    def _epoch_iterator(self):
+        epoch_iterator = iter(self.loader)
+        self._reset_torch_threads()
+        return epoch_iterator
+
     def _finish(self, images: torch.Tensor) -> torch.Tensor:
         if self.on_gpu:  # uint8 on the device: normalise here
             images = (images.float() - self.mean) / self.std
@@ -206,14 +226,14 @@ class ImageLoader:
         if self.device_batches is not None:
             yield from prefetch(lambda: self._device_batches(epoch), self.device)
             return
-        for batch, (images, labels) in enumerate(self.loader):
+        for batch, (images, labels) in enumerate(self._epoch_iterator()):
             images = self._finish(images)
             if self.train and self.style == "cifar":
                 images = flip_translate(images, batch_generator(self.seed, epoch, batch))
             yield images, labels.long().clone()
 
     def _device_batches(self, epoch: int):
-        epoch_iterator = iter(self.loader)
+        epoch_iterator = self._epoch_iterator()
         try:
             for batch, (rows, labels) in enumerate(epoch_iterator):
                 yield self.device_batches(rows, labels, epoch, batch)

@@ -8,6 +8,7 @@ import torch
 
 from ..config import UsageError, num_classes as config_num_classes
 from ..data.decode_choice import decode_problem
+from ..data.threads import loader_threads, thread_summary
 from ..models import available_models, get_model
 from ..optim.cram import parse_pattern
 from ..train.dist import resolve_device
@@ -103,6 +104,23 @@ def _calibration_indices(cfg) -> np.ndarray | None:
     return np.sort(np.random.default_rng(b["seed"]).choice(n, b["calib_size"], replace=False))
 
 
+def _loaders(cfg: dict, device: torch.device, indices):
+    """The validation and calibration loaders; prints the thread count once."""
+    from ..data.pipelines import ImageLoader
+    d, b = cfg["data"], cfg["bnt"]
+    # validation and calibration loaders take turns (evaluate, tune, evaluate), never at once
+    common = dict(style=d["style"], resolution=d["resolution"],
+                  num_workers=loader_threads(d["num_workers"]), device=device,
+                  in_memory=d["in_memory"], decode=d["decode"])
+    if os.environ.get("RANK", "0") == "0":  # once, also when torchrun starts several processes
+        print(thread_summary(d["num_workers"]), flush=True)
+    val = ImageLoader(d["val_dataset"], train=False, batch_size=cfg["eval"]["batch_size"], **common)
+    calib = ImageLoader(d["calib_dataset"] or d["train_dataset"], train=b["augment"],
+                        batch_size=b["batch_size"], drop_last=False, seed=b["seed"],
+                        indices=indices, **common)
+    return val, calib
+
+
 def run_sweep(cfg: dict):
     """Check, sweep, report. Returns (rows, output paths, printed table)."""
     points, labels, momentum, num_classes = check(cfg)
@@ -112,18 +130,10 @@ def run_sweep(cfg: dict):
         raise UsageError(str(err)) from None
     model = get_model(cfg["model"]["arch"], num_classes, cfg["model"]["blurpool"])
     states = _load_all(cfg, model)
-    indices = _calibration_indices(cfg)
-    from ..data.pipelines import ImageLoader
-    d, b = cfg["data"], cfg["bnt"]
-    common = dict(style=d["style"], resolution=d["resolution"], num_workers=d["num_workers"],
-                  device=device, in_memory=d["in_memory"], decode=d["decode"])
-    val = ImageLoader(d["val_dataset"], train=False, batch_size=cfg["eval"]["batch_size"], **common)
-    calib = ImageLoader(d["calib_dataset"] or d["train_dataset"], train=b["augment"],
-                        batch_size=b["batch_size"], drop_last=False, seed=b["seed"],
-                        indices=indices, **common)
+    val, calib = _loaders(cfg, device, _calibration_indices(cfg))
     model = model.to(device, memory_format=torch.channels_last)
     settings = SweepSettings(
-        bnt_batches=b["batches"], bnt_momentum=momentum,
+        bnt_batches=cfg["bnt"]["batches"], bnt_momentum=momentum,
         amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
         save_pruned_dir=os.path.join(cfg["out"]["dir"], "pruned") if cfg["out"]["save_pruned"] else None)
     rows = []

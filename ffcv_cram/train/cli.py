@@ -25,7 +25,7 @@ def declare(defaults: dict) -> None:
     Section("data", "datasets and loading").params(
         train_dataset=Param(str, "training .beton", required=True),
         val_dataset=Param(str, "validation .beton ('' to skip evaluation)", default=""),
-        num_workers=Param(IntRange(0), "loader threads per process (0: one per core)", default=0),
+        num_workers=Param(IntRange(0), "threads per loader (0: usable cores / processes per node)", default=0),
         in_memory=Param(Flag(), "keep the whole .beton in the OS page cache", default=True),
         order=Param(OneOf(["random", "quasi_random"]), "training order", default="random"),
         decode=Param(OneOf(DECODES), "JPEG decode + augmentation: cpu (FFCV) | gpu (nvJPEG) | "

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..atomic import torch_save
 from ..config import UsageError, num_classes as config_num_classes
 from ..data.pipelines import ImageLoader, LoaderError
+from ..data.threads import loader_threads, thread_summary
 from ..models import get_model
 from . import checkpoint as ckpt
 from .dist import Context, all_sum, setup, teardown
@@ -57,7 +58,9 @@ def _lr(cfg: dict, epoch: float) -> float:
 
 def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
     d, t, v = cfg["data"], cfg["training"], cfg["validation"]
-    common = dict(style=style, num_workers=d["num_workers"], device=ctx.device,
+    # the training and validation loaders take turns (an epoch ends before evaluation starts),
+    # so each may use the process's whole share of the cores
+    common = dict(style=style, num_workers=loader_threads(d["num_workers"]), device=ctx.device,
                   distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size,
                   in_memory=d["in_memory"], channels_last=t["channels_last"], decode=d["decode"])
     try:
@@ -71,6 +74,8 @@ def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
                               resolution=res, **common)
     except LoaderError as err:
         raise UsageError(str(err)) from None
+    if ctx.is_main:
+        print(thread_summary(d["num_workers"]), flush=True)
     if len(train) == 0:
         raise UsageError(f"{d['train_dataset']}: fewer samples per process than one batch of "
                          f"{t['batch_size']}; lower --training.batch_size")
