@@ -26,7 +26,10 @@ import numpy as np
 import torch
 
 RANDOM_SCALE = (0.08, 1.0)
-WORK_BYTES = 512 * 2**20  # default working-memory budget of one resized_crops call
+# default working-memory budget of one resized_crops call: a batch of 512 ImageNet-like crops
+# (stored at <= 500 px) fits in one group -- on an H200, four groups of 512 MiB cost 14 % more time
+# -- while a batch of full-size photos stays near 3 GiB instead of ~25 GiB
+WORK_BYTES = 3 * 2**30
 RANDOM_RATIO = (3 / 4, 4 / 3)
 ATTEMPTS = 10
 
