@@ -182,6 +182,19 @@ def test_parameters_without_gradient_are_skipped(kind):
     assert extra.weight.grad is None
 
 
+@pytest.mark.parametrize("kind", ["cram", "cram_nm", "sam"])
+def test_step_without_any_gradient_changes_nothing(kind):
+    """E.g. a frozen model: every half-step and discard_step are no-ops, not a crash."""
+    layer = nn.Linear(3, 2)
+    before = [p.detach().clone() for p in layer.parameters()]
+    opt = make(kind, layer.parameters())
+    opt.first_step()
+    opt.second_step()
+    opt.first_step()
+    opt.discard_step()
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
+
+
 @pytest.mark.parametrize("kind", ["sgd", "sam", "cram", "cram_nm"])
 def test_loss_goes_down(kind):
     x, y = separable_task()

@@ -75,8 +75,9 @@ class TwoPassOptimizer(Optimizer):
         changed (the sparsity draw is rewound too)."""
         if self._moved is None:
             return
-        with torch.no_grad():
-            torch._foreach_copy_(self._moved, [self.buffer(p, "w") for p in self._moved])
+        if self._moved:  # (foreach ops refuse empty lists: no gradient, nothing moved)
+            with torch.no_grad():
+                torch._foreach_copy_(self._moved, [self.buffer(p, "w") for p in self._moved])
         if self._generator_before is not None:
             self.generator.set_state(self._generator_before)
         self._moved = None
@@ -100,10 +101,13 @@ class TwoPassOptimizer(Optimizer):
         return buf
 
     def save_weights(self, moved) -> None:
-        torch._foreach_copy_([self.buffer(p, "w") for p in moved], moved)
+        if moved:  # foreach ops refuse empty lists (a step where no parameter has a gradient)
+            torch._foreach_copy_([self.buffer(p, "w") for p in moved], moved)
 
     def restore_and_add_saved_grad(self, moved, plus_version: bool) -> None:
         """w <- saved w; with `plus_version`, grad <- grad + saved first-pass gradient."""
+        if not moved:
+            return
         torch._foreach_copy_(moved, [self.buffer(p, "w") for p in moved])
         if not plus_version:
             return
