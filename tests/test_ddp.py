@@ -1,4 +1,7 @@
-"""CrAM under torch.distributed (gloo, 2 processes on the CPU)."""
+"""CrAM and evaluation under torch.distributed (gloo, 2 processes on the CPU)."""
+import datetime
+
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -6,6 +9,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ffcv_cram import TopkCrAM, disable_running_stats, enable_running_stats
+from ffcv_cram.data.pipelines import ImageLoader
+from ffcv_cram.train.dist import Context, broadcast_buffers
+from ffcv_cram.train.evaluate import evaluate
+from indexed import IndexOracle, expected_top1, write_indexed
 from nets import SmallConvNet, batch
 
 STEPS, WORLD = 5, 2
@@ -65,3 +72,46 @@ def test_ddp_equals_one_process_on_the_union_batch(tmp_path):
         cram_step(model, opt, torch.cat([x0, x1]), torch.cat([y0, y1]))
     for a, b in zip(r0["params"], model.parameters()):
         assert (a - b).abs().max() <= 1e-6
+
+
+CASES = [(21, 5), (1, 4)]  # (validation samples, batch size)
+
+
+def _eval_worker(rank, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))  # a mismatch fails, not hangs
+    try:
+        ctx = Context(rank=rank, world_size=WORLD)
+        for n, batch_size in CASES:
+            model = IndexOracle(n)
+            if rank == 1:  # as after a training step: this rank's own BatchNorm statistics
+                model.bn.running_mean.fill_(5.0)
+            wrapped = DDP(model)
+            loader = ImageLoader(f"{out_dir}/val{n}.beton", train=False, batch_size=batch_size,
+                                 style="cifar", num_workers=1, distributed=True, rank=rank,
+                                 world_size=WORLD)
+            broadcast_buffers(model, ctx)
+            metrics = evaluate(wrapped, loader, ctx)  # evaluate runs the module inside the wrapper
+            torch.save({"metrics": metrics, "batches": len(loader)}, f"{out_dir}/eval{n}_{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_validation_with_uneven_shards_counts_every_sample_once(tmp_path):
+    """21 samples in batches of 5: shards of 11 and 10, so 3 batches (the last of one) and 2.
+    1 sample: the second rank has no batch at all. Both ranks finish, and the reduced metrics
+    equal one process's: every sample counted once, with rank 0's BatchNorm statistics."""
+    for n, _ in CASES:
+        write_indexed(tmp_path / f"val{n}.beton", n)
+    mp.spawn(_eval_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    for n, batch_size in CASES:
+        results = [torch.load(tmp_path / f"eval{n}_{r}.pt") for r in range(WORLD)]
+        assert results[0]["batches"] > results[1]["batches"]
+        one_process = evaluate(IndexOracle(n), ImageLoader(
+            str(tmp_path / f"val{n}.beton"), train=False, batch_size=batch_size, style="cifar",
+            num_workers=1))
+        assert one_process["top1"] == pytest.approx(expected_top1(range(n), n))
+        for result in results:
+            assert result["metrics"]["samples"] == n  # every sample once, summed over the ranks
+            assert result["metrics"]["top1"] == pytest.approx(one_process["top1"])
+            assert result["metrics"]["loss"] == pytest.approx(one_process["loss"])

@@ -18,6 +18,7 @@ from ffcv_cram.sparsity import prune_model, tune_batchnorm
 from ffcv_cram.train.evaluate import evaluate
 from ffcv_cram.train.schedule import lr_at
 from ffcv_cram.train.step import TrainStep, make_optimizer
+from indexed import write_indexed
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "offline"}
@@ -148,3 +149,24 @@ def test_bnt_restores_accuracy_after_pruning(tmp_path):
     assert dense > 60, dense  # the model did learn (chance: 10 %)
     print(f"dense {dense:.1f}, pruned to 80 % {pruned:.1f}, after BNT {tuned:.1f}")
     assert tuned >= pruned + 10, (dense, pruned, tuned)
+
+
+def test_last_batches_of_one_sample(tmp_path):
+    """13 images in evaluation batches of 4 (4 + 4 + 4 + 1) and calibration batches of 4: the
+    last batch holds one sample, in evaluation and in BN tuning. Every image counts once."""
+    beton = write_indexed(tmp_path / "val.beton", 13)
+    torch.manual_seed(0)
+    model = get_model("resnet20", 13).to(memory_format=torch.channels_last)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    proc = eval_sparse(f"--eval.checkpoint={tmp_path / 'weights.pt'}", "--model.arch=resnet20",
+                       "--model.num_classes=13", "--data.style=cifar", f"--data.val_dataset={beton}",
+                       f"--data.calib_dataset={beton}", "--data.num_workers=1", "--eval.batch_size=4",
+                       "--bnt.batch_size=4", "--bnt.batches=4", "--prune.sparsities=0.5",
+                       "--eval.device=cpu", f"--out.dir={tmp_path / 'o'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "o" / "results.json").read_text())[0]
+    model.eval()
+    with torch.no_grad():  # one image at a time: no batching at all
+        hits = sum(int(model(x).argmax(1) == y) for x, y in ImageLoader(
+            beton, train=False, batch_size=1, style="cifar", num_workers=1))
+    assert row["dense_top1"] == pytest.approx(100 * hits / 13)

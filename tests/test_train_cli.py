@@ -1,6 +1,7 @@
 """train_cifar.py / train_imagenet.py end to end: outputs, torchrun, resume, config checks, wandb."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +12,10 @@ import pytest
 import torch
 
 from ffcv_cram.data.convert import convert
+from ffcv_cram.data.pipelines import ImageLoader
 from ffcv_cram.data.synthetic import generate
 from ffcv_cram.models import get_model
+from ffcv_cram.train.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
@@ -22,10 +25,13 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 def data(tmp_path_factory):
     base = tmp_path_factory.mktemp("train_data")
     generate(base / "shapes", classes=4, train_per_class=48, val_per_class=8, size=32, workers=1)
+    # 31 validation images: two processes get shards of 16 and 15
+    shutil.copytree(base / "shapes" / "val", base / "shapes" / "val_odd")
+    min((base / "shapes" / "val_odd").rglob("*.jpg")).unlink()
     paths = {}
-    for split in ("train", "val"):
-        paths[split] = str(base / f"{split}.beton")
-        convert("folder", split, str(base / "shapes" / split), paths[split], num_workers=1,
+    for key, split in (("train", "train"), ("val", "val"), ("val_odd", "val")):
+        paths[key] = str(base / f"{key}.beton")
+        convert("folder", split, str(base / "shapes" / key), paths[key], num_workers=1,
                 progress=False)
     return paths
 
@@ -69,10 +75,14 @@ def test_cram_run_leaves_a_complete_run_folder(data, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(data, tmp_path):
+    """Validation: 31 images in batches of 5, so shards of 16 (5 + 5 + 5 + 1) and 15 (5 + 5 + 5):
+    uneven batch counts and a last batch of one sample. Only rank 0 prints the closing line."""
     folder = tmp_path / "ddp"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", str(ROOT / "train_cifar.py"),
-                           *args(data, folder, "--training.batch_size=16")],
+                           *args(data, folder, "--training.batch_size=16",
+                                 f"--data.val_dataset={data['val_odd']}",
+                                 "--validation.batch_size=5")],
                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the user's --data.num_workers wins, and only rank 0 says so
@@ -81,8 +91,14 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
     lines = log_lines(folder)
     assert [line["epoch"] for line in lines] == [0, 1]
     assert sum(lines[0]["sparsity_draws"].values()) == 6  # 96 images per rank / 16
-    assert lines[-1]["val_top1"] >= 0 and (folder / "final_weights.pt").exists()
-    get_model("resnet20", 4).load_state_dict(torch.load(folder / "final_weights.pt"))
+    assert [line for line in proc.stdout.splitlines() if line.startswith("done:")] == [
+        f"done: {folder}/final_weights.pt (val top-1 {lines[-1]['val_top1']:.2f}%)"]
+    model = get_model("resnet20", 4).to(memory_format=torch.channels_last)
+    model.load_state_dict(torch.load(folder / "final_weights.pt"))
+    one_process = evaluate(model, ImageLoader(data["val_odd"], train=False, batch_size=31,
+                                              style="cifar", num_workers=1))
+    assert one_process["samples"] == 31  # every sample counted once, over both ranks:
+    assert lines[-1]["val_top1"] == pytest.approx(one_process["top1"])
 
 
 @pytest.mark.slow
@@ -148,7 +164,7 @@ def test_imagenet_script_needs_resolutions_and_trains(data, tmp_path):
                  "--resolution.max_res=64", "--resolution.end_ramp=1", "--resolution.val_res=32",
                  "--training.optimizer=sam", "--training.amp=bf16", "--model.blurpool=1",
                  "--validation.flip_tta=1", "--lr.schedule=cyclic", "--lr.peak_epoch=0.5",
-                 script="train_imagenet.py")
+                 "--validation.batch_size=31", script="train_imagenet.py")  # 32 = 31 + 1
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = log_lines(folder)[0]
     assert line["resolution"] == 32 and "val_top1" in line and line["sparsity_draws"] == {}

@@ -16,9 +16,8 @@ def flip_translate(x: torch.Tensor, generator: torch.Generator, padding: int = 4
     """Flip each image with probability 1/2 and shift it by up to `padding` pixels in each
     direction, filling with zeros (the dataset mean, after normalisation). Layout is preserved."""
     n, _, h, w = x.shape
-    flip = torch.rand(n, generator=generator) < 0.5
-    shift = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
-    flip, shift = flip.to(x.device), shift.to(x.device)
+    flip, shift = _to_device(torch.rand(n, generator=generator) < 0.5,
+                             torch.randint(0, 2 * padding + 1, (2, n), generator=generator), x.device)
     x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
     padded = F.pad(x, (padding,) * 4)
     rows = (torch.arange(h, device=x.device).view(1, h) + shift[0].view(n, 1)).view(n, 1, h, 1)
@@ -28,3 +27,16 @@ def flip_translate(x: torch.Tensor, generator: torch.Generator, padding: int = 4
     out = padded[batch, channel, rows, cols]
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
         memory_format=torch.channels_last) else out
+
+
+def _to_device(flip: torch.Tensor, shift: torch.Tensor, device: torch.device):
+    """The host-drawn parameters on `device`, as one transfer. To a GPU it goes from pinned memory
+    with non_blocking=True, so the caller does not wait for the device (a copy from pageable memory
+    blocks until the GPU has run everything queued before it); the caching host allocator keeps the
+    pinned block alive until the copy has finished."""
+    if device.type != "cuda":
+        return flip, shift
+    packed = torch.empty((3, len(flip)), dtype=shift.dtype, pin_memory=True)
+    packed[0], packed[1:] = flip, shift
+    packed = packed.to(device, non_blocking=True)
+    return packed[0].bool(), packed[1:]

@@ -40,7 +40,8 @@ class DeviceBatches:
             x = self._cifar(images, epoch, batch)
         else:
             x = self._imagenet(images, encoded, epoch, batch)
-        return x, labels.to(device=self.device, dtype=torch.int64, copy=True)
+        # (N,) for any N: FFCV hands labels over as (N, 1); squeezing would make N = 1 0-d
+        return x, labels.reshape(-1).to(device=self.device, dtype=torch.int64, copy=True)
 
     def _imagenet(self, images, encoded: EncodedBatch, epoch: int, batch: int) -> torch.Tensor:
         if self.train:

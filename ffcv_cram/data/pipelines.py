@@ -6,7 +6,8 @@ ToTorchImage it makes the loader spin forever); on a GPU the uint8 batch is move
 and normalised in torch (no CuPy needed). decode='gpu': FFCV only reads each sample's stored
 bytes; they are decoded (nvJPEG on a CUDA device) and augmented in torch on the loader's device,
 one batch ahead of the caller (`device_batches`, `prefetch`). 'auto' is 'gpu' on a CUDA device.
-Batches come out as (images: N x 3 x H x W channels_last in the requested dtype, labels: int64).
+Batches come out as (images: N x 3 x H x W channels_last in the requested dtype, labels: int64 of
+shape (N,), also for a batch of one).
 Labels belong to the caller; with decode='cpu' on the CPU, float32/float16 images are views of
 the loader's buffers, valid until a few batches later (clone them to keep them longer).
 
@@ -26,8 +27,7 @@ from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder, RandomResizedCropR
                                    SimpleRGBImageDecoder)
 from ffcv.loader import Loader, OrderOption
 from ffcv.traversal_order.base import TraversalOrder
-from ffcv.transforms import (NormalizeImage, RandomHorizontalFlip, Squeeze, ToDevice, ToTensor,
-                             ToTorchImage)
+from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
 
 from .augment import batch_generator, flip_translate
 from .decode_choice import DECODES
@@ -131,7 +131,7 @@ class ImageLoader:
         self.decoder, self.device_batches = None, None
         if self.decode == "gpu":
             _check_device_decoder(self.device)
-            image_ops, label_ops = [_bytes_reader(path)], [IntDecoder(), ToTensor(), Squeeze()]
+            image_ops, label_ops = [_bytes_reader(path)], [IntDecoder(), ToTensor()]
             self.device_batches = DeviceBatches(self.device, style, train, resolution, crop_ratio,
                                                 mean, std, dtype, channels_last, seed, rank)
         else:
@@ -164,7 +164,9 @@ class ImageLoader:
             np_dtype = np.float16 if self.dtype == torch.float16 else np.float32
             image_ops.append(NormalizeImage(np.array(mean), np.array(std), np_dtype))
         image_ops += [ToTensor(), *to_device, ToTorchImage(channels_last=True)]
-        return image_ops, [IntDecoder(), ToTensor(), Squeeze(), *to_device]
+        # labels leave FFCV as (N, 1): no Squeeze op, which squeezes a batch of one to a 0-d
+        # tensor; they are flattened with reshape(-1) in __iter__
+        return image_ops, [IntDecoder(), ToTensor(), *to_device]
 
     @staticmethod
     def _decoder(style, train, resolution, crop_ratio):
@@ -230,7 +232,7 @@ class ImageLoader:
             images = self._finish(images)
             if self.train and self.style == "cifar":
                 images = flip_translate(images, batch_generator(self.seed, epoch, batch))
-            yield images, labels.long().clone()
+            yield images, labels.reshape(-1).long().clone()
 
     def _device_batches(self, epoch: int):
         epoch_iterator = self._epoch_iterator()

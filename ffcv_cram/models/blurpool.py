@@ -1,9 +1,9 @@
 """BlurPool (Zhang, 2019) as used by ffcv-imagenet: a fixed 3x3 binomial blur before every strided
 convolution with at least 16 input channels.
 
-Implemented as a Conv2d subclass swapped in place, so parameter names, the state_dict (the blur
-kernel is a non-persistent buffer) and the prunable set are exactly those of the plain model: a
-checkpoint loads into either.
+Implemented as a Conv2d subclass swapped in place, so parameter names, the state_dict and the
+prunable set are exactly those of the plain model: a checkpoint loads into either. The blur
+kernel is no state at all: it is built on the input's device, in its dtype, in every forward.
 """
 import torch
 from torch import nn
@@ -12,8 +12,10 @@ from torch.nn import functional as F
 
 class BlurConv2d(nn.Conv2d):
     def _blur(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = torch.tensor([1.0, 2.0, 1.0], device=x.device, dtype=x.dtype)
-        kernel = (kernel[:, None] * kernel[None, :]) / 16
+        # the taps [1, 2, 1] computed on the device: torch.tensor([1., 2., 1.], device=cuda)
+        # would be a blocking host-to-device copy in every forward
+        taps = 2 - (torch.arange(3, device=x.device, dtype=x.dtype) - 1).abs()
+        kernel = (taps[:, None] * taps[None, :]) / 16
         kernel = kernel.expand(x.shape[1], 1, 3, 3)
         return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernel, groups=x.shape[1])
 

@@ -148,11 +148,14 @@ def main(style: str, description: str, defaults: dict, argv=None) -> int:
     try:
         check(cfg, style)
         from .loop import run  # torch and ffcv: imported once the arguments are known to be valid
+        from .dist import is_main_process
         record = run(cfg, style)
     except UsageError as err:
         fail(str(err))
     except KeyboardInterrupt:
         fail("interrupted; the last completed epoch's checkpoint is kept (re-run to resume)", 130)
+    if not is_main_process():  # under torchrun, rank 0 speaks for the run
+        return 0
     if record:
         print(f"done: {cfg['logging']['folder']}/final_weights.pt"
               + (f" (val top-1 {record['val_top1']:.2f}%)" if "val_top1" in record else ""))

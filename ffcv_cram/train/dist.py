@@ -77,3 +77,28 @@ def all_sum(values: list[float], ctx: Context) -> list[float]:
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def broadcast_buffers(module: torch.nn.Module, ctx: Context) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics), as a DDP forward would.
+
+    Each training forward updates the running statistics from the rank's own batch; DDP copies
+    rank 0's over only at the start of the next forward. Before evaluating the unwrapped model,
+    this makes every rank evaluate the model that rank 0 saves. One collective per dtype.
+    """
+    if not ctx.distributed:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for buffer in module.buffers():
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    with torch.no_grad():
+        for buffers in by_dtype.values():
+            flat = torch.cat([b.reshape(-1) for b in buffers])
+            dist.broadcast(flat, src=0)
+            for b, values in zip(buffers, flat.split([b.numel() for b in buffers])):
+                b.copy_(values.view(b.shape))
+
+
+def is_main_process() -> bool:
+    """Whether this process speaks for the run: rank 0, or the only process (also after teardown)."""
+    return not launched_by_torchrun() or int(os.environ["RANK"]) == 0

@@ -10,20 +10,37 @@ from tqdm.auto import tqdm
 from .dist import Context, all_sum
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (else `model`)."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, ctx: Context | None = None,
              amp_dtype: torch.dtype | None = None, flip_tta: bool = False,
              progress: bool = False, desc: str = "eval") -> dict:
     """Accuracy in percent. With `flip_tta`, logits are averaged with the horizontally flipped
-    image's. Every sample counts once, whichever rank saw it."""
+    image's. Every sample counts once, whichever rank saw it.
+
+    Under DDP each rank evaluates its own shard, which may hold a batch more or fewer than another
+    rank's, or none: the model runs unwrapped (a DDP wrapper's forward can broadcast buffers, a
+    collective that a rank with fewer batches would not join), and the metrics are reduced by one
+    all-reduce at the end. The caller makes the ranks' models equal (`dist.broadcast_buffers`).
+    """
     ctx = ctx or Context()
+    model = unwrapped(model)
     was_training = model.training
     model.eval()
     device_type = next(model.parameters()).device.type
     autocast = (torch.autocast(device_type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
-    totals = None  # top1, top5, loss sum, samples: accumulated on the device, one sync at the end
+    totals = None  # top1, top5, loss sum: on the device, read once at the end
+    samples = 0  # counted on the host: no per-batch transfer
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not (progress and ctx.is_main)):
+        y = y.reshape(-1)
         with autocast:
             logits = model(x)
             if flip_tta:
@@ -34,11 +51,11 @@ def evaluate(model: nn.Module, loader, ctx: Context | None = None,
         hits = top == y.view(-1, 1)
         batch = torch.stack([hits[:, 0].sum().double(), hits.any(1).sum().double(),
                              nn.functional.cross_entropy(logits / (2 if flip_tta else 1), y,
-                                                         reduction="sum").double(),
-                             torch.tensor(len(y), dtype=torch.float64, device=logits.device)])
+                                                         reduction="sum").double()])
         totals = batch if totals is None else totals + batch
-    local = totals.tolist() if totals is not None else [0.0, 0.0, 0.0, 0.0]
-    top1, top5, loss, n = all_sum(local, ctx)
+        samples += len(y)
+    local = totals.tolist() if totals is not None else [0.0, 0.0, 0.0]
+    top1, top5, loss, n = all_sum(local + [float(samples)], ctx)
     model.train(was_training)
-    n = max(n, 1)
-    return {"top1": 100 * top1 / n, "top5": 100 * top5 / n, "loss": loss / n, "samples": int(n)}
+    total, n = int(n), max(n, 1)
+    return {"top1": 100 * top1 / n, "top5": 100 * top5 / n, "loss": loss / n, "samples": total}

@@ -20,7 +20,8 @@ from ..data.pipelines import ImageLoader, LoaderError
 from ..data.threads import loader_threads, thread_summary
 from ..models import get_model
 from . import checkpoint as ckpt
-from .dist import Context, all_sum, setup, teardown
+from .dist import Context, all_sum, broadcast_buffers, setup, teardown
+from .epoch_totals import EpochTotals
 from .evaluate import evaluate
 from .logger import RunLogger
 from .schedule import lr_at, resolution_at
@@ -115,9 +116,11 @@ def _decode_record(before: list[float], loader, ctx: Context, prefix: str = "") 
 
 
 def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution):
+    """One epoch. Nothing per step waits for the device (see `epoch_totals`): the totals are read
+    once at the end, and the progress bar shows the loss of an already finished step."""
     iters = len(loader)
     decode_before = _decode_counts(loader)
-    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss * n, correct, samples
+    totals = EpochTotals(ctx.device)
     draws, skipped, lr = Counter(), 0, 0.0
     bar = logger.bar(iters, f"epoch {epoch}")
     start = time.perf_counter()
@@ -126,20 +129,21 @@ def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution):
         for group in step.optimizer.param_groups:
             group["lr"] = lr
         out = step(x, y)
-        sums += torch.stack([out.loss.double() * len(y), out.correct.double(),
-                             torch.tensor(float(len(y)), dtype=torch.float64, device=ctx.device)])
+        totals.add(out.loss, out.correct, len(y))
         skipped += out.skipped
         if not out.skipped and (name := _draw(step.optimizer)) is not None:
             draws[name] += 1
         bar.update(1)
-        if i % 20 == 0 or i == iters - 1:
+        if logger.is_main and (i % 20 == 0 or i == iters - 1):
+            totals.loss.post(out.loss)
+            loss = totals.loss.read()
             elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{out.loss.item():.3f}", lr=f"{lr:.4g}",
-                            img_s=f"{(i + 1) * len(y) * ctx.world_size / elapsed:.0f}",
+            bar.set_postfix(loss="..." if loss is None else f"{loss:.3f}", lr=f"{lr:.4g}",
+                            img_s=f"{totals.samples * ctx.world_size / elapsed:.0f}",
                             res=resolution or x.shape[-1])
     bar.close()
     seconds = time.perf_counter() - start
-    loss_sum, correct, n, skipped_all = all_sum(sums.tolist() + [float(skipped)], ctx)
+    loss_sum, correct, n, skipped_all = all_sum([*totals.result(), float(skipped)], ctx)
     return {"train_loss": loss_sum / max(n, 1), "train_top1": 100 * correct / max(n, 1),
             "lr": lr, "images_per_s": n / seconds, "epoch_time_s": seconds,
             "skipped_steps": int(skipped_all), "sparsity_draws": dict(sorted(draws.items())),
@@ -217,7 +221,10 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
         last = epoch == epochs - 1
         if val_loader is not None and (last or (every and (epoch + 1) % every == 0)):
             decode_before = _decode_counts(val_loader)
-            metrics = evaluate(step.model, val_loader, ctx, amp_dtype,
+            # the unwrapped model (a DDP forward is a collective, and validation shards may differ
+            # by a batch), with rank 0's BatchNorm statistics: the model that rank 0 saves
+            broadcast_buffers(model, ctx)
+            metrics = evaluate(model, val_loader, ctx, amp_dtype,
                                cfg["validation"]["flip_tta"], progress=True)
             record.update({f"val_{k}": v for k, v in metrics.items() if k != "samples"})
             record.update(_decode_record(decode_before, val_loader, ctx, "val_"))

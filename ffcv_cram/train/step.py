@@ -5,11 +5,16 @@ statistics are frozen during the second pass. Under DDP both passes all-reduce t
 so the perturbation and the masks are the same on every rank.
 
 fp16 with two passes -- the question SAM users keep asking: a non-finite gradient in EITHER pass
-skips the whole step. The first-pass gradient is unscaled by hand (it sets the perturbation); if
-it overflowed, the scaler is shown those gradients so that `update()` backs the scale off. The
-second pass goes through `scaler.unscale_`; if it overflowed, `discard_step()` restores the
-weights exactly (and rewinds the sparsity draw) before `update()` backs off. Either way the base
-optimizer never steps, so momentum and every other state stay untouched.
+skips the whole step. The first-pass gradient is unscaled by hand on the device (it sets the
+perturbation) and its overflow flag is kept there; the second pass goes through `scaler.unscale_`,
+and the first pass's flag is added to the scaler's, so `update()` backs the scale off for either.
+If either overflowed, `discard_step()` restores the weights exactly (and rewinds the sparsity
+draw) and the base optimizer never steps, so momentum and every other state stay untouched.
+
+Host synchronisations on a GPU: none in a bf16 or fp32 step of any method (SAM and CrAM with
+the fused kernels read nothing back; the torch fallback of CrAM's top-k selection, used where the
+fused kernels do not apply, reads its histograms on the host); one in an fp16 two-pass step (the
+overflow decision, see `_two_pass_fp16`); sgd with fp16 keeps GradScaler.step's own check.
 """
 from __future__ import annotations
 
@@ -34,10 +39,6 @@ class StepOutput:
 
 def _grads(optimizer):
     return [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-
-
-def _non_finite(grads) -> bool:
-    return bool(grads) and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
 
 
 class TrainStep:
@@ -104,19 +105,25 @@ class TrainStep:
     def _two_pass_fp16(self, x, y, loss) -> bool:
         scaler, opt = self.scaler, self.optimizer
         scaler.scale(loss).backward()
-        grads = _grads(opt)
-        found = torch.zeros(1, device=self.device)
-        inv_scale = torch.full((1,), 1.0 / scaler.get_scale(), device=self.device)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv_scale)
-        if found.item():
-            scaler.unscale_(opt)  # records the overflow, so update() backs the scale off
-            opt.zero_grad()
-            scaler.update()
-            return True
+        # the first-pass gradient is unscaled by hand, on the device: the scale is the scaler's
+        # device tensor (get_scale() would read it on the host), the overflow flag stays there
+        first_overflow = torch.zeros((), device=self.device)
+        inv_scale = scaler._scale.double().reciprocal().float()
+        torch._amp_foreach_non_finite_check_and_unscale_(_grads(opt), first_overflow, inv_scale)
+        # No check here: after an overflow the perturbation is not finite, the second pass runs
+        # on it for nothing, and the step is thrown away below. Overflows are rare; waiting for
+        # the device before every perturbation would cost every step.
         opt.first_step(zero_grad=True)
         self._second_backward(x, y, scale=True)
         scaler.unscale_(opt)
-        if _non_finite(_grads(opt)):
+        found = list(scaler._found_inf_per_device(opt).values())
+        found[0].add_(first_overflow.to(found[0].device))  # so that update() backs off for either
+        overflow = torch.stack([f.to(self.device) for f in found]).sum()
+        # The one host synchronisation of an fp16 two-pass step, and it cannot go: whether the
+        # base optimizer steps (an unconditional step would change momentum) and whether the
+        # sparsity draw is rewound (its generator lives on the host and must be right before the
+        # next step draws) are decisions the host makes, so it must know about an overflow now.
+        if bool(overflow):
             opt.discard_step()
             opt.zero_grad()
             scaler.update()
