@@ -95,3 +95,15 @@ def test_lr_schedules_and_resolution_ramp():
     assert all(r % 32 == 0 for r in ramp) and ramp[12] == 192
     # bounds that are not multiples of 32 are never overshot (48 would round to 64)
     assert [resolution_at(e, 32, 48, 0, 1) for e in range(3)] == [32, 48, 48]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", ["sgd", "sam", "cram", "cram_nm"])
+def test_sgd_update_is_fused_on_cuda(method):
+    model = get_model("resnet20", 10).cuda()
+    opt = make_optimizer(method, parameter_groups(model, 1e-4, decay_all=False), lr=0.1,
+                         momentum=0.9, weight_decay=1e-4)
+    assert all(group["fused"] for group in opt.param_groups)
+    step = TrainStep(model, opt, method, "bf16", device="cuda")
+    step(torch.randn(8, 3, 32, 32, device="cuda"), torch.randint(0, 10, (8,), device="cuda"))
+    assert all(torch.isfinite(p).all() for p in model.parameters())

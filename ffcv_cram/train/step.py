@@ -137,8 +137,13 @@ def make_optimizer(method: str, params, *, lr: float, momentum: float, weight_de
                    nesterov: bool = False, rho: float = 0.05, sparsities=(0.5, 0.7, 0.9),
                    patterns=((2, 4), (4, 8)), plus_version: bool = True, sparse_grad: bool = True,
                    scope: str = "global", grad_norm: bool = False, seed: int = 0):
-    """The base SGD (momentum, weight decay), wrapped per `method`."""
+    """The base SGD (momentum, weight decay), wrapped per `method`. On CUDA the SGD update is
+    torch's fused kernel: one launch instead of several foreach ones (on an H200, ResNet-50's
+    foreach update took 2.2 ms, 27 % of the fused CrAM step's optimizer side)."""
+    params = list(params)
     sgd = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    if _all_on_cuda(params):
+        sgd["fused"] = True
     if method == "sgd":
         return torch.optim.SGD(params, **sgd)
     if method == "sam":
@@ -150,6 +155,11 @@ def make_optimizer(method: str, params, *, lr: float, momentum: float, weight_de
     if method == "cram_nm":
         return NMTopkCrAM(params, torch.optim.SGD, patterns=patterns, **common, **sgd)
     raise ValueError(f"method={method!r}: must be one of {', '.join(METHODS)}")
+
+
+def _all_on_cuda(params) -> bool:
+    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+    return bool(tensors) and all(p.is_cuda and p.is_floating_point() for p in tensors)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_all: bool = True):
