@@ -11,6 +11,7 @@ import sys
 from fastargs import Param, Section
 from fastargs.validation import OneOf
 
+from ffcv_cram.atomic import WriteError
 from ffcv_cram.config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ffcv_cram.data.decode_choice import DECODES
 
@@ -19,6 +20,8 @@ Section("eval", "checkpoints and evaluation").params(
     labels=Param(StrList(allow_empty=True), "a name per checkpoint (default: file names)", default=""),
     batch_size=Param(IntRange(1), "evaluation batch size", default=256),
     device=Param(OneOf(["auto", "cpu", "cuda"]), "auto: cuda when available", default="auto"),
+    trust_checkpoint=Param(Flag(), "load checkpoints that need full unpickling, which can run code "
+                           "they carry: only for files you trust", default=False),
 )
 Section("model", "architecture").params(
     arch=Param(str, "resnet50, resnet20, ... (as for training)", default="resnet50"),
@@ -65,7 +68,7 @@ def main(argv=None) -> int:
     try:
         from ffcv_cram.sparsity.job import run_sweep  # torch, ffcv: after the arguments parse
         rows, paths, table = run_sweep(cfg)
-    except UsageError as err:
+    except (UsageError, WriteError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         fail("interrupted; results are written only when the sweep completes", 130)

@@ -1,8 +1,14 @@
-"""Writes that matter happen atomically: to a temporary name in the same folder, then renamed."""
+"""Writes that matter happen atomically: to a temporary name in the same folder, flushed to the
+disk, then renamed over the old file. A write the system refuses (disk full, file too large, no
+permission) leaves the old file as it was and raises WriteError, one line for the user."""
 from __future__ import annotations
 
 import os
 import tempfile
+
+
+class WriteError(Exception):
+    """The system refused a write; the file written before (if any) is intact."""
 
 
 def _temporary(path: str):
@@ -15,23 +21,60 @@ def _temporary(path: str):
     return tmp
 
 
-def _commit(tmp: str, path: str, write) -> None:
+def _refused(path: str, err: OSError) -> WriteError:
+    return WriteError(f"{path}: cannot be written ({err.strerror or err}); the previous "
+                      f"{os.path.basename(path)}, if any, is kept; free disk space or fix the "
+                      "folder's permissions, then re-run")
+
+
+def _commit(path: str, write) -> None:
+    """`write(file)` into a temporary file, make it durable, then rename it to `path`."""
+    tmp = None
     try:
-        write(tmp)
+        tmp = _temporary(path)
+        with open(tmp, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())  # the rename must never publish a file not yet on the disk
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except OSError as err:
+        raise _refused(path, err) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise
 
 
 def write_text(path: str, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    _commit(_temporary(path), path, write)
+    _commit(path, lambda file: file.write(text.encode()))
+
+
+class _KeepsWriteErrors:
+    """torch.save reports a failed write() of a file object as a RuntimeError that has lost the
+    OSError (which says why: disk full, file too large); this keeps it."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self):
+        self.file.flush()
 
 
 def torch_save(obj, path: str) -> None:
     import torch
-    _commit(_temporary(path), path, lambda tmp: torch.save(obj, tmp))
+
+    def write(file):
+        recorder = _KeepsWriteErrors(file)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+    _commit(path, write)

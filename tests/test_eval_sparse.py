@@ -69,7 +69,7 @@ def test_demo_outputs_agree_with_the_printed_table(demo):
 @pytest.mark.slow
 def test_every_checkpoint_format_gives_the_same_result(demo, tmp_path):
     out, _ = demo
-    plain = torch.load(out / "runs" / "cram" / "final_weights.pt")
+    plain = torch.load(out / "runs" / "cram" / "final_weights.pt", weights_only=True)
     torch.save({f"module.{k}": v for k, v in plain.items()}, tmp_path / "ddp.pt")
     torch.save({"epoch": 2, "model_config": {"arch": "resnet20"}, "model_state_dict": plain,
                 "optimizer": {"state_dict": {}}, "lr_scheduler": {}}, tmp_path / "reference.pt")
@@ -84,7 +84,7 @@ def test_every_checkpoint_format_gives_the_same_result(demo, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "o" / "results.json").read_text())
     assert len({(r["dense_top1"], r["pruned_top1"], r["bnt_top1"]) for r in rows}) == 1
-    saved = torch.load(tmp_path / "o" / "pruned" / "plain_nm2-4.pt")
+    saved = torch.load(tmp_path / "o" / "pruned" / "plain_nm2-4.pt", weights_only=True)
     for name, mask in saved["masks"].items():  # the N:M pattern holds in every pruned layer
         w = saved["state_dict"][name]
         groups = (w.movedim(1, -1) if w.dim() > 2 else w).reshape(-1, 4)

@@ -67,7 +67,8 @@ def test_cram_run_leaves_a_complete_run_folder(data, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert config["training"]["optimizer"] == "cram" and config["cram"]["rho"] == 0.2
     model = get_model("resnet20", 4)
-    model.load_state_dict(torch.load(folder / "final_weights.pt"))  # plain state_dict, strict
+    # a plain state_dict, loaded strictly
+    model.load_state_dict(torch.load(folder / "final_weights.pt", weights_only=True))
     assert any(p.name.startswith("offline-run") for p in (folder / "wandb").iterdir())
     again = train(*args(data, folder))
     assert again.returncode == 0 and "nothing to do" in again.stdout
@@ -94,7 +95,7 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
     assert [line for line in proc.stdout.splitlines() if line.startswith("done:")] == [
         f"done: {folder}/final_weights.pt (val top-1 {lines[-1]['val_top1']:.2f}%)"]
     model = get_model("resnet20", 4).to(memory_format=torch.channels_last)
-    model.load_state_dict(torch.load(folder / "final_weights.pt"))
+    model.load_state_dict(torch.load(folder / "final_weights.pt", weights_only=True))
     one_process = evaluate(model, ImageLoader(data["val_odd"], train=False, batch_size=31,
                                               style="cifar", num_workers=1))
     assert one_process["samples"] == 31  # every sample counted once, over both ranks:
@@ -119,7 +120,8 @@ def test_interrupted_and_resumed_run_is_bit_identical(data, tmp_path):
     assert proc.returncode != 0 and not (part / "final_weights.pt").exists()
     resumed = train(*args(data, part, *extra, epochs=3))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = torch.load(whole / "final_weights.pt"), torch.load(part / "final_weights.pt")
+    a = torch.load(whole / "final_weights.pt", weights_only=True)
+    b = torch.load(part / "final_weights.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [line["epoch"] for line in log_lines(part)] == [0, 1, 2]
     assert log_lines(part)[-1]["train_loss"] == log_lines(whole)[-1]["train_loss"]

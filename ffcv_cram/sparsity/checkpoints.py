@@ -4,6 +4,8 @@ Accepted: ffcv-cram's final_weights.pt (a plain state_dict) and checkpoint_last.
 torchvision state_dicts; DDP / DataParallel `module.`-prefixed state_dicts (ffcv-imagenet's
 final_weights.pt) and torch.compile's `_orig_mod.` prefix; the reference CrAM format
 {'epoch', 'model_config', 'model_state_dict', 'optimizer': {...}, 'lr_scheduler': {...}}.
+All of them load with weights_only (see `safe_load`): a file that needs more is refused unless the
+user trusts it.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import os
 
 import torch
 from torch import nn
+
+from ..safe_load import UnsafeFile, load
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -26,12 +30,15 @@ def _strip(state: dict) -> dict:
     return state
 
 
-def load_state_dict(path: str) -> dict:
-    """The model's state_dict from `path`, whatever the format (see the module doc)."""
+def load_state_dict(path: str, trusted: bool = False) -> dict:
+    """The model's state_dict from `path`, whatever the format (see the module doc). Raises
+    UnsafeFile for a file that needs full unpickling, unless `trusted`."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = load(path, trusted)
+    except UnsafeFile:
+        raise
     except Exception as err:  # pickle, zip and torch errors all mean "not a checkpoint"
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__})") from None
     if isinstance(obj, nn.Module):

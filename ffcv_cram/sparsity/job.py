@@ -11,6 +11,7 @@ from ..data.decode_choice import decode_problem
 from ..data.threads import loader_threads, thread_summary
 from ..models import available_models, get_model
 from ..optim.cram import parse_pattern
+from ..safe_load import UnsafeFile
 from ..train.dist import resolve_device
 from .checkpoints import CheckpointError, check_fits, load_state_dict
 from .report import text_table, write_reports
@@ -86,10 +87,12 @@ def _load_all(cfg, model) -> list[dict]:
     states = []
     for path in cfg["eval"]["checkpoint"]:
         try:
-            state = load_state_dict(path)
+            state = load_state_dict(path, trusted=cfg["eval"]["trust_checkpoint"])
             check_fits(model, state, path, cfg["model"]["arch"])
         except CheckpointError as err:
             raise UsageError(str(err)) from None
+        except UnsafeFile as err:
+            raise UsageError(err.explain("--eval.trust_checkpoint=1")) from None
         states.append(state)
     return states
 

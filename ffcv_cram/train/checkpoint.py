@@ -1,4 +1,9 @@
-"""Atomic checkpoints holding everything a run needs to continue bit-identically."""
+"""Atomic checkpoints holding everything a run needs to continue bit-identically.
+
+Everything in a checkpoint is a tensor or a plain Python value, so that it loads with
+`torch.load(weights_only=True)`, which runs no code from the file (see `safe_load`). Checkpoints
+written before that held NumPy's RNG state as an array; they load only when the user trusts them.
+"""
 from __future__ import annotations
 
 import random
@@ -7,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import safe_load
 from ..atomic import torch_save
 
 FORMAT = "ffcv_cram.checkpoint/1"
@@ -31,16 +37,26 @@ def plain_state_dict(model: nn.Module) -> dict:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),  # plain: a tuple of ints (and a float or None)
+             "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": pos,
+                       "has_gauss": has_gauss, "gauss": gauss},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _numpy_state(saved) -> tuple:
+    if not isinstance(saved, dict):  # written before checkpoints loaded with weights_only
+        return saved
+    return (saved["kind"], saved["key"].numpy().astype(np.uint32), saved["pos"],
+            saved["has_gauss"], saved["gauss"])
+
+
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -54,9 +70,10 @@ def save_checkpoint(path: str, *, model, optimizer, scaler, epoch: int, step: in
                  "rng": rng_state(), "config": config, "draws": draws, "best": best}, path)
 
 
-def load_checkpoint(path: str) -> dict:
-    """Our own trusted files: loaded in full (they hold NumPy/Python RNG states)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+def load_checkpoint(path: str, trusted: bool = False) -> dict:
+    """Loaded with weights_only (nothing in the file runs) unless `trusted`: raises
+    safe_load.UnsafeFile for a file that needs full unpickling (e.g. one of ours written before)."""
+    state = safe_load.load(path, trusted)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not an ffcv-cram checkpoint")
     return state

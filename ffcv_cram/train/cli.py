@@ -11,6 +11,7 @@ import sys
 from fastargs import Param, Section
 from fastargs.validation import OneOf
 
+from ..atomic import WriteError
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ..data.decode_choice import DECODES, decode_problem
 from .schedule import LR_SCHEDULES
@@ -101,6 +102,9 @@ def declare(defaults: dict) -> None:
         every=Param(IntRange(0), "also keep checkpoint_epoch<N>.pt every N epochs (0: only the last)",
                     default=0),
         resume=Param(Flag(), "continue from the run folder's checkpoint_last.pt", default=True),
+        trust=Param(Flag(), "resume from a checkpoint_last.pt that needs full unpickling, which can "
+                    "run code (e.g. one written by an older ffcv-cram): only for files you trust",
+                    default=False),
     )
 
 
@@ -150,7 +154,7 @@ def main(style: str, description: str, defaults: dict, argv=None) -> int:
         from .loop import run  # torch and ffcv: imported once the arguments are known to be valid
         from .dist import is_main_process
         record = run(cfg, style)
-    except UsageError as err:
+    except (UsageError, WriteError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         fail("interrupted; the last completed epoch's checkpoint is kept (re-run to resume)", 130)

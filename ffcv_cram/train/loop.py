@@ -8,6 +8,7 @@ same command resumes from the run folder's last checkpoint and continues bit-ide
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from collections import Counter
 
@@ -19,6 +20,7 @@ from ..config import UsageError, num_classes as config_num_classes
 from ..data.pipelines import ImageLoader, LoaderError
 from ..data.threads import loader_threads, thread_summary
 from ..models import get_model
+from ..safe_load import UnsafeFile
 from . import checkpoint as ckpt
 from .dist import Context, all_sum, broadcast_buffers, setup, teardown
 from .epoch_totals import EpochTotals
@@ -158,8 +160,10 @@ def _resume_state(cfg: dict, folder: str, is_main: bool):
         raise UsageError(f"{folder} already holds a run ({ckpt.LAST}); re-run with "
                          "--checkpoint.resume=1 to continue it, or choose another --logging.folder")
     try:
-        state = ckpt.load_checkpoint(path)
-    except (ValueError, RuntimeError, EOFError) as err:
+        state = ckpt.load_checkpoint(path, trusted=cfg["checkpoint"]["trust"])
+    except UnsafeFile as err:
+        raise UsageError(err.explain("--checkpoint.trust=1")) from None
+    except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise UsageError(f"{path}: cannot be read ({err}); delete it to start over") from None
     differences = config_differences(state["config"], cfg)
     if differences:
