@@ -14,7 +14,8 @@ the loader's buffers, valid until a few batches later (clone them to keep them l
 Sharding across ranks uses a seeded order of our own: every rank draws the same per-epoch
 permutation (seed + epoch) and takes every world_size-th sample, after trimming the permutation
 to a multiple of world_size so all ranks run the same number of steps. Evaluation order is
-sequential and not trimmed: each sample is seen by exactly one rank.
+sequential and not trimmed: each sample is seen by exactly one rank. `set_epoch(epoch, start_batch)`
+resumes an epoch part-way: FFCV is handed only the rest of the epoch's order (`start_batch`).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from .device_batches import DeviceBatches
 from .encoded_bytes import EncodedImageBytes, largest_image_bytes
 from .gpu_decode import check_device_decoder
 from .prefetch import prefetch
+from .start_batch import StartAtBatch
 from .threads import loader_threads, torch_threads
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -152,6 +154,8 @@ class ImageLoader:
             self.loader.traversal_order = ShardedOrder(self.loader, rank, world_size,
                                                        shuffle=order == "random")
             self.loader.first_traversal_order = self.loader.next_traversal_order()
+        self._start = StartAtBatch(self.loader, self.loader.traversal_order)
+        self.loader.traversal_order = self._start
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
@@ -199,9 +203,14 @@ class ImageLoader:
         else:
             self.decoder.output_size = (resolution, resolution)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration epoch `epoch` (its order depends on seed + epoch)."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next iteration epoch `epoch` (its order depends on seed + epoch), starting at
+        its batch `start_batch`: the batches before it are skipped without being read, and the
+        rest are those of the whole epoch, augmented as they would be there (to resume an epoch)."""
+        if not 0 <= start_batch < max(len(self), 1):
+            raise LoaderError(f"start_batch={start_batch}: an epoch has {len(self)} batches")
         self.loader.next_epoch = epoch
+        self._start.start_batch = start_batch
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -212,7 +221,10 @@ class ImageLoader:
             torch.set_num_threads(self.torch_threads)
 
     def _epoch_iterator(self):
-        epoch_iterator = iter(self.loader)
+        try:
+            epoch_iterator = iter(self.loader)
+        finally:
+            self._start.start_batch = 0  # the epoch after a resumed one starts at its beginning
         self._reset_torch_threads()
         return epoch_iterator
 
@@ -224,20 +236,21 @@ class ImageLoader:
         return images if self.channels_last else images.contiguous()
 
     def __iter__(self):
-        epoch = self.loader.next_epoch
+        # batches keep their numbers in the whole epoch: augmentation is seeded by them
+        epoch, start = self.loader.next_epoch, self._start.start_batch
         if self.device_batches is not None:
-            yield from prefetch(lambda: self._device_batches(epoch), self.device)
+            yield from prefetch(lambda: self._device_batches(epoch, start), self.device)
             return
-        for batch, (images, labels) in enumerate(self._epoch_iterator()):
+        for batch, (images, labels) in enumerate(self._epoch_iterator(), start):
             images = self._finish(images)
             if self.train and self.style == "cifar":
                 images = flip_translate(images, batch_generator(self.seed, epoch, batch))
             yield images, labels.reshape(-1).long().clone()
 
-    def _device_batches(self, epoch: int):
+    def _device_batches(self, epoch: int, start: int):
         epoch_iterator = self._epoch_iterator()
         try:
-            for batch, (rows, labels) in enumerate(epoch_iterator):
+            for batch, (rows, labels) in enumerate(epoch_iterator, start):
                 yield self.device_batches(rows, labels, epoch, batch)
         finally:
             epoch_iterator.close()  # stops FFCV's reader thread when the epoch is cut short

@@ -63,11 +63,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: str, *, model, optimizer, scaler, epoch: int, step: int, config: dict,
-                    draws: dict, best: dict | None = None) -> None:
+                    draws: dict, best: dict | None = None, epoch_so_far: dict | None = None) -> None:
+    """`epoch`: the epoch to continue with; `epoch_so_far` (`EpochSoFar.to_dict()`): how much of
+    it is done, written mid-epoch (None at an epoch's end)."""
     torch_save({"format": FORMAT, "epoch": epoch, "step": step,
                  "model": plain_state_dict(model), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict() if scaler is not None else None,
-                 "rng": rng_state(), "config": config, "draws": draws, "best": best}, path)
+                 "rng": rng_state(), "config": config, "draws": draws, "best": best,
+                 "epoch_so_far": epoch_so_far}, path)
 
 
 def load_checkpoint(path: str, trusted: bool = False) -> dict:

@@ -101,6 +101,8 @@ def declare(defaults: dict) -> None:
     Section("checkpoint", "checkpoints").params(
         every=Param(IntRange(0), "also keep checkpoint_epoch<N>.pt every N epochs (0: only the last)",
                     default=0),
+        every_steps=Param(IntRange(0), "also write checkpoint_last.pt after every N steps of an "
+                          "epoch, to resume mid-epoch (0: only at epoch ends)", default=0),
         resume=Param(Flag(), "continue from the run folder's checkpoint_last.pt", default=True),
         trust=Param(Flag(), "resume from a checkpoint_last.pt that needs full unpickling, which can "
                     "run code (e.g. one written by an older ffcv-cram): only for files you trust",
@@ -125,6 +127,9 @@ def check(cfg: dict, style: str) -> None:
     problem = decode_problem(cfg["data"]["decode"], "--training.device", t["device"])
     if problem:
         raise UsageError(problem)
+    if cfg["checkpoint"]["every_steps"] and cfg["data"]["order"] == "quasi_random":
+        raise UsageError("--checkpoint.every_steps needs --data.order=random: FFCV's quasi_random "
+                         "order cannot be replayed, so a resumed epoch would repeat and miss samples")
     if c["rho"] < 0:
         raise UsageError(f"--cram.rho={c['rho']}: must be >= 0")
     if lr["lr"] <= 0:
@@ -157,7 +162,7 @@ def main(style: str, description: str, defaults: dict, argv=None) -> int:
     except (UsageError, WriteError) as err:
         fail(str(err))
     except KeyboardInterrupt:
-        fail("interrupted; the last completed epoch's checkpoint is kept (re-run to resume)", 130)
+        fail("interrupted; the last checkpoint is kept (re-run to resume)", 130)
     if not is_main_process():  # under torchrun, rank 0 speaks for the run
         return 0
     if record:

@@ -38,8 +38,9 @@ class RunLogger:
             lines = [line for line in f if line.strip() and json.loads(line).get("epoch", -1) < epoch]
         write_text(self.log_path, "".join(lines))
 
-    def bar(self, total: int, desc: str):
-        return tqdm(total=total, desc=desc, leave=False, disable=not self.is_main, dynamic_ncols=True)
+    def bar(self, total: int, desc: str, initial: int = 0):
+        return tqdm(total=total, desc=desc, initial=initial, leave=False, disable=not self.is_main,
+                    dynamic_ncols=True)
 
     def log_epoch(self, record: dict) -> None:
         if not self.is_main:

@@ -2,8 +2,9 @@
 
 `run(cfg, style)` takes the parsed configuration ({section: {key: value}}) and trains: per-epoch
 resolution, per-iteration learning rate, one `TrainStep` per batch, evaluation every N epochs,
-one log line and one atomic checkpoint per epoch, and at the end `final_weights.pt`. Re-running the
-same command resumes from the run folder's last checkpoint and continues bit-identically.
+one log line and one atomic checkpoint per epoch (and, with `checkpoint.every_steps`, every N steps
+within it), and at the end `final_weights.pt`. Re-running the same command resumes from the run
+folder's last checkpoint, mid-epoch too, and continues bit-identically.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..models import get_model
 from ..safe_load import UnsafeFile
 from . import checkpoint as ckpt
 from .dist import Context, all_sum, broadcast_buffers, setup, teardown
+from .epoch_so_far import EpochSoFar
 from .epoch_totals import EpochTotals
 from .evaluate import evaluate
 from .logger import RunLogger
@@ -117,16 +119,25 @@ def _decode_record(before: list[float], loader, ctx: Context, prefix: str = "") 
     return {f"{prefix}decode_fallbacks": int(fallbacks), f"{prefix}decode_failures": int(failures)}
 
 
-def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution):
-    """One epoch. Nothing per step waits for the device (see `epoch_totals`): the totals are read
-    once at the end, and the progress bar shows the loss of an already finished step."""
-    iters = len(loader)
+def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution, so_far: EpochSoFar,
+                 save_mid_epoch):
+    """One epoch, from its batch `so_far.batch` on (the loader set to skip the batches before).
+    Nothing per step waits for the device (see `epoch_totals`): the totals are read once at the
+    end and at each mid-epoch checkpoint, and the progress bar shows the loss of an already
+    finished step. `save_mid_epoch(epoch, so_far)` is called every `checkpoint.every_steps` batches."""
+    iters, every = len(loader), cfg["checkpoint"]["every_steps"]
     decode_before = _decode_counts(loader)
     totals = EpochTotals(ctx.device)
-    draws, skipped, lr = Counter(), 0, 0.0
-    bar = logger.bar(iters, f"epoch {epoch}")
+    draws, skipped, lr = Counter(so_far.draws), 0, 0.0
+    bar = logger.bar(iters, f"epoch {epoch}", initial=so_far.batch)
     start = time.perf_counter()
-    for i, (x, y) in enumerate(loader):
+
+    def until_now(batch: int) -> EpochSoFar:  # a collective: every rank calls it at the same batch
+        sums = all_sum([*totals.result(), float(skipped), *(
+            a - b for a, b in zip(_decode_counts(loader), decode_before))], ctx)
+        return so_far.extended(batch, sums, draws, time.perf_counter() - start)
+
+    for i, (x, y) in enumerate(loader, so_far.batch):  # i: the batch's number in the whole epoch
         lr = _lr(cfg, epoch + i / iters)
         for group in step.optimizer.param_groups:
             group["lr"] = lr
@@ -143,16 +154,14 @@ def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution):
             bar.set_postfix(loss="..." if loss is None else f"{loss:.3f}", lr=f"{lr:.4g}",
                             img_s=f"{totals.samples * ctx.world_size / elapsed:.0f}",
                             res=resolution or x.shape[-1])
+        if every and (i + 1) % every == 0 and i + 1 < iters:  # the epoch's end saves anyway
+            # waits for the device once per checkpoint: the totals go into it as numbers
+            save_mid_epoch(epoch, until_now(i + 1))
     bar.close()
-    seconds = time.perf_counter() - start
-    loss_sum, correct, n, skipped_all = all_sum([*totals.result(), float(skipped)], ctx)
-    return {"train_loss": loss_sum / max(n, 1), "train_top1": 100 * correct / max(n, 1),
-            "lr": lr, "images_per_s": n / seconds, "epoch_time_s": seconds,
-            "skipped_steps": int(skipped_all), "sparsity_draws": dict(sorted(draws.items())),
-            **_decode_record(decode_before, loader, ctx)}
+    return until_now(iters).record(lr)
 
 
-def _resume_state(cfg: dict, folder: str, is_main: bool):
+def _resume_state(cfg: dict, folder: str):
     path = os.path.join(folder, ckpt.LAST)
     if not os.path.exists(path):
         return None
@@ -194,8 +203,9 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
     else:
         torch.backends.cudnn.benchmark = True
     num_classes = config_num_classes(cfg["model"]["num_classes"], cfg["data"]["train_dataset"])
-    state = _resume_state(cfg, folder, ctx.is_main)
+    state = _resume_state(cfg, folder)
     start_epoch = state["epoch"] if state else 0
+    resumed = _resume_point(state, ctx, os.path.join(folder, ckpt.LAST))
     model, optimizer = _build(cfg, ctx, num_classes)
     step = TrainStep(model, optimizer, t["optimizer"], t["amp"], t["label_smoothing"], ctx.device)
     if state:
@@ -208,20 +218,38 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         step.model = DistributedDataParallel(model, device_ids=device_ids)
     train_loader, val_loader = _loaders(cfg, style, ctx, start_epoch)
+    iters = len(train_loader)
+    if resumed.batch >= iters:
+        raise UsageError(f"{os.path.join(folder, ckpt.LAST)}: written at batch {resumed.batch} of "
+                         f"an epoch, but an epoch of this training set has {iters} batches; resume "
+                         "with the same dataset")
+    if state and ctx.is_main and start_epoch < t["epochs"]:
+        print(f"resuming from {ckpt.LAST}: epoch {start_epoch}, batch {resumed.batch} of {iters}",
+              flush=True)
     logger = RunLogger(folder, cfg, ctx.is_main, cfg["logging"]["wandb_project"] or None,
                        cfg["logging"]["wandb_mode"], cfg["logging"]["wandb_name"] or None)
     logger.keep_epochs_before(start_epoch)
     amp_dtype = step.amp_dtype
     epochs, every = t["epochs"], cfg["validation"]["every"]
     record: dict = {}
+    run_state = dict(model=model, optimizer=optimizer, scaler=step.scaler, config=cfg)
+
+    def save_mid_epoch(epoch: int, so_far: EpochSoFar):
+        if ctx.is_main:
+            ckpt.save_checkpoint(os.path.join(folder, ckpt.LAST), **run_state, epoch=epoch,
+                                 step=epoch * iters + so_far.batch, draws=so_far.draws,
+                                 epoch_so_far=so_far.to_dict())
+
     for epoch in range(start_epoch, epochs):
+        so_far = resumed if epoch == start_epoch else EpochSoFar(world_size=ctx.world_size)
         resolution = _resolutions(cfg, style, epoch)
         if resolution:
             train_loader.set_resolution(resolution)
-        train_loader.set_epoch(epoch)
+        train_loader.set_epoch(epoch, so_far.batch)
         step.model.train()
         record = {"epoch": epoch, "resolution": resolution or None,
-                  **_train_epoch(cfg, epoch, step, train_loader, logger, ctx, resolution)}
+                  **_train_epoch(cfg, epoch, step, train_loader, logger, ctx, resolution, so_far,
+                                 save_mid_epoch)}
         last = epoch == epochs - 1
         if val_loader is not None and (last or (every and (epoch + 1) % every == 0)):
             decode_before = _decode_counts(val_loader)
@@ -234,8 +262,7 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
             record.update(_decode_record(decode_before, val_loader, ctx, "val_"))
         logger.log_epoch(record)
         if ctx.is_main:
-            kwargs = dict(model=model, optimizer=optimizer, scaler=step.scaler, epoch=epoch + 1,
-                          step=(epoch + 1) * len(train_loader), config=cfg,
+            kwargs = dict(**run_state, epoch=epoch + 1, step=(epoch + 1) * iters,
                           draws=record["sparsity_draws"])
             ckpt.save_checkpoint(os.path.join(folder, ckpt.LAST), **kwargs)
             keep = cfg["checkpoint"]["every"]
@@ -247,6 +274,17 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
         logger.summary(record)
     logger.finish()
     return record
+
+
+def _resume_point(state: dict | None, ctx: Context, path: str) -> EpochSoFar:
+    """Where in its epoch the run continues. A mid-epoch checkpoint continues only with the
+    number of processes it was written with: the epoch's shards depend on it."""
+    resumed = EpochSoFar.from_dict(state.get("epoch_so_far") if state else None, ctx.world_size)
+    if resumed.batch and resumed.world_size != ctx.world_size:
+        raise UsageError(f"{path}: written in the middle of an epoch trained by {resumed.world_size} "
+                         f"processes, resumed by {ctx.world_size}; resume it with "
+                         f"{resumed.world_size} processes")
+    return resumed
 
 
 def _print_epoch(record: dict, ctx: Context) -> None:
