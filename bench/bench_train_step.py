@@ -101,8 +101,9 @@ def main():
         parser.error("--methods must include sgd (the ratios are to SGD)")
     if args.dry_run:
         cpu = torch.device("cpu")
-        cases = [case("resnet18", 2, 32, 1000, cpu, "none", 1, args.methods)]
-        syncs = [sync_check(m, 1, 2, 32, cpu, "resnet18", "none") for m in ("cram+ global", "cram+ n:m")]
+        cases = [case("resnet20", 2, 32, 1000, cpu, "none", 1, args.methods)]
+        syncs = [sync_check(m, 1, 2, 32, cpu, "resnet20", "none")
+                 for m in ("cram+ global", "cram+ n:m")]
         print(f"dry run: {len(cases[0]['methods'])} methods and {len(syncs)} sync checks ran on "
               "the CPU; nothing timed")
         return

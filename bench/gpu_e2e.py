@@ -23,7 +23,7 @@ from bench_decode import write_dataset
 
 
 def command(train: str, val: str, folder: str, args) -> list[str]:
-    device, decode, arch, amp = (("cpu", "cpu", "resnet18", "none") if args.dry_run
+    device, decode, arch, amp = (("cpu", "cpu", "resnet20", "none") if args.dry_run
                                  else ("cuda", "gpu", "resnet50", "bf16"))
     return [sys.executable, str(REPOSITORY / "train_imagenet.py"),
             f"--data.train_dataset={train}", f"--data.val_dataset={val}", f"--data.decode={decode}",
