@@ -8,6 +8,7 @@ same command resumes from the run folder's last checkpoint and continues bit-ide
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import Counter
 
@@ -20,7 +21,7 @@ from ..data.pipelines import ImageLoader, LoaderError
 from ..data.threads import loader_threads, thread_summary
 from ..models import get_model
 from . import checkpoint as ckpt
-from .dist import Context, all_sum, broadcast_buffers, setup, teardown
+from .dist import Context, all_gather_str, all_sum, broadcast_buffers, setup, teardown
 from .epoch_totals import EpochTotals
 from .evaluate import evaluate
 from .logger import RunLogger
@@ -29,7 +30,8 @@ from .step import TrainStep, make_optimizer, parameter_groups
 
 # sections that may change between a run and its resumption without changing its result
 RESUMABLE_CHANGES = ("logging", "checkpoint", "validation")
-RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "training.device")
+RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "training.device",
+                  "training.dist_timeout")
 
 
 def _flat(cfg: dict) -> dict:
@@ -172,7 +174,7 @@ def run(cfg: dict, style: str) -> dict:
     """Train according to `cfg`; returns the final record. Raises UsageError for user mistakes."""
     t = cfg["training"]
     try:
-        ctx = setup(t["device"])
+        ctx = setup(t["device"], t["dist_timeout"])
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:
@@ -228,6 +230,8 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
                                cfg["validation"]["flip_tta"], progress=True)
             record.update({f"val_{k}": v for k, v in metrics.items() if k != "samples"})
             record.update(_decode_record(decode_before, val_loader, ctx, "val_"))
+        if last:  # DDP keeps the replicas identical; the log shows it, rank by rank
+            record["params_sha256"] = all_gather_str(ckpt.parameters_sha256(model), ctx)
         logger.log_epoch(record)
         if ctx.is_main:
             kwargs = dict(model=model, optimizer=optimizer, scaler=step.scaler, epoch=epoch + 1,
@@ -253,6 +257,9 @@ def _print_epoch(record: dict, ctx: Context) -> None:
              f"{record['images_per_s']:.0f} img/s"]
     if "val_top1" in record:
         parts += [f"val top-1 {record['val_top1']:.2f}%", f"top-5 {record['val_top5']:.2f}%"]
+    if len(set(record.get("params_sha256", ()))) > 1:
+        print("warning: the processes ended with different parameters (params_sha256 in "
+              "log.jsonl); final_weights.pt holds rank 0's", file=sys.stderr, flush=True)
     if record["skipped_steps"]:
         parts.append(f"{record['skipped_steps']} fp16 steps skipped")
     for prefix, split in (("", "train"), ("val_", "val")):
