@@ -6,6 +6,7 @@ written before that held NumPy's RNG state as an array; they load only when the 
 """
 from __future__ import annotations
 
+import hashlib
 import random
 
 import numpy as np
@@ -34,6 +35,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 def plain_state_dict(model: nn.Module) -> dict:
     """A state_dict without wrapper prefixes, on the CPU: torchvision / our models load it as is."""
     return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+
+
+def parameters_sha256(model: nn.Module) -> str:
+    """SHA-256 of the parameters' values in order, whatever their device and memory format."""
+    digest = hashlib.sha256()
+    for p in unwrap(model).parameters():
+        digest.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def rng_state() -> dict:

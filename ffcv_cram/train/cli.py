@@ -55,6 +55,9 @@ def declare(defaults: dict) -> None:
         device=Param(OneOf(["auto", "cpu", "cuda"]), "auto: cuda when available", default="auto"),
         seed=Param(int, "seed of initialisation, data order and augmentation", default=0),
         deterministic=Param(Flag(), "deterministic kernels (slower on GPUs)", default=False),
+        dist_timeout=Param(IntRange(1), "torchrun: seconds a process waits for the others (start-up, "
+                           "each collective) before it fails and torchrun may restart the group",
+                           default=600),
     )
     Section("cram", "CrAM / SAM").params(
         rho=Param(float, "perturbation radius", default=d("cram.rho", 0.05)),

@@ -1,5 +1,6 @@
-"""Process setup: under torchrun, one process per device with torch.distributed (env://
-rendezvous, so torchrun's c10d rendezvous covers several nodes); otherwise a single process."""
+"""Process setup: under torchrun, one process per device with torch.distributed (meeting in a
+store of the group's own, see `group_store`, so that torchrun's restarts and its c10d rendezvous
+over several nodes work); otherwise a single process."""
 from __future__ import annotations
 
 import datetime
@@ -8,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from .group_store import group_store, served_by_agent
 
 
 @dataclass
@@ -40,8 +43,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup(device_name: str = "auto", timeout_minutes: int = 30) -> Context:
-    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on the CPU)."""
+def setup(device_name: str = "auto", timeout_s: float = 600) -> Context:
+    """Join the process group when launched by torchrun (NCCL on GPUs, gloo on the CPU).
+
+    `timeout_s` bounds every wait for the other ranks, at start-up and in each collective: a rank
+    whose peer died without closing its connections (a lost node) fails after it, and torchrun
+    can restart the group, instead of hanging."""
     device = resolve_device(device_name)
     if not launched_by_torchrun():
         return Context(device=device)
@@ -54,8 +61,13 @@ def setup(device_name: str = "auto", timeout_minutes: int = 30) -> Context:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if served_by_agent():
+            dist.init_process_group(backend, store=group_store(rank, timeout), rank=rank,
+                                    world_size=world, timeout=timeout)
+        else:  # rank 0 serves a store at the MASTER_PORT chosen for this group
+            dist.init_process_group(backend, init_method="env://", timeout=timeout)
     return Context(rank, world, local_rank, device)
 
 
@@ -72,6 +84,15 @@ def all_sum(values: list[float], ctx: Context) -> list[float]:
                      device=ctx.device if ctx.device.type == "cuda" else "cpu")
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_gather_str(value: str, ctx: Context) -> list[str]:
+    """Every rank's `value`, in rank order."""
+    if not ctx.distributed:
+        return [value]
+    values: list = [None] * ctx.world_size
+    dist.all_gather_object(values, value)
+    return values
 
 
 def barrier(ctx: Context) -> None:

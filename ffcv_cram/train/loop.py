@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import time
 from collections import Counter
 
@@ -23,7 +24,7 @@ from ..data.threads import loader_threads, thread_summary
 from ..models import get_model
 from ..safe_load import UnsafeFile
 from . import checkpoint as ckpt
-from .dist import Context, all_sum, broadcast_buffers, setup, teardown
+from .dist import Context, all_gather_str, all_sum, broadcast_buffers, setup, teardown
 from .epoch_so_far import EpochSoFar
 from .epoch_totals import EpochTotals
 from .evaluate import evaluate
@@ -33,7 +34,8 @@ from .step import TrainStep, make_optimizer, parameter_groups
 
 # sections that may change between a run and its resumption without changing its result
 RESUMABLE_CHANGES = ("logging", "checkpoint", "validation")
-RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "training.device")
+RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "training.device",
+                  "training.dist_timeout")
 
 
 def _flat(cfg: dict) -> dict:
@@ -185,7 +187,7 @@ def run(cfg: dict, style: str) -> dict:
     """Train according to `cfg`; returns the final record. Raises UsageError for user mistakes."""
     t = cfg["training"]
     try:
-        ctx = setup(t["device"])
+        ctx = setup(t["device"], t["dist_timeout"])
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:
@@ -260,6 +262,8 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
                                cfg["validation"]["flip_tta"], progress=True)
             record.update({f"val_{k}": v for k, v in metrics.items() if k != "samples"})
             record.update(_decode_record(decode_before, val_loader, ctx, "val_"))
+        if last:  # DDP keeps the replicas identical; the log shows it, rank by rank
+            record["params_sha256"] = all_gather_str(ckpt.parameters_sha256(model), ctx)
         logger.log_epoch(record)
         if ctx.is_main:
             kwargs = dict(**run_state, epoch=epoch + 1, step=(epoch + 1) * iters,
@@ -295,6 +299,9 @@ def _print_epoch(record: dict, ctx: Context) -> None:
              f"{record['images_per_s']:.0f} img/s"]
     if "val_top1" in record:
         parts += [f"val top-1 {record['val_top1']:.2f}%", f"top-5 {record['val_top5']:.2f}%"]
+    if len(set(record.get("params_sha256", ()))) > 1:
+        print("warning: the processes ended with different parameters (params_sha256 in "
+              "log.jsonl); final_weights.pt holds rank 0's", file=sys.stderr, flush=True)
     if record["skipped_steps"]:
         parts.append(f"{record['skipped_steps']} fp16 steps skipped")
     for prefix, split in (("", "train"), ("val_", "val")):
