@@ -13,7 +13,8 @@ import argparse
 import numpy as np
 import torch
 
-from ffcv_cram.data.gpu_augment import WORK_BYTES, chunk_bytes, crop_chunks, random_crops, resized_crops
+from ffcv_cram.data.gpu_augment import WORK_BYTES, chunk_bytes, crop_chunks, resized_crops
+from ffcv_cram.data.seeded_crops import random_crops_and_flips
 
 from common import median_time, save_result, table
 
@@ -26,7 +27,8 @@ def make_batch(n, low, high, device, rng):
     widths = np.where(portrait, short_side, long_side)
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, device=device)
               for h, w in zip(heights, widths)]
-    return images, random_crops(heights, widths, rng), rng.random(n) < 0.5
+    seed = int(rng.integers(2**63))
+    return (images, *random_crops_and_flips(seed, 0, np.arange(n), heights, widths))
 
 
 def measure(images, boxes, flips, size, budget, device, repeats):

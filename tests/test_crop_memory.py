@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ffcv_cram.data.gpu_augment import chunk_bytes, crop_chunks, random_crops, resized_crops
+from ffcv_cram.data.gpu_augment import chunk_bytes, crop_chunks, resized_crops
+from ffcv_cram.data.seeded_crops import random_crops_and_flips
 
 
 class PeakBytes(TorchDispatchMode):
@@ -73,15 +74,14 @@ def test_chunks_cover_every_crop_once_and_fit_the_budget():
 
 
 def _batch(sizes, seed=0):
-    rng = np.random.default_rng(seed)
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in sizes]
     heights, widths = np.array(sizes).T
-    return images, random_crops(heights, widths, rng), rng.random(len(sizes)) < 0.5
+    return (images, *random_crops_and_flips(seed, 0, np.arange(len(sizes)), heights, widths))
 
 
 def test_chunked_equals_all_at_once_and_the_reference():
     sizes = [(300, 200), (37, 50), (120, 90), (250, 310), (64, 64), (200, 31), (15, 300), (9, 9)]
-    images, boxes, flips = _batch(sizes)
+    images, boxes, flips = _batch(sizes, seed=1)  # boxes that make three chunks
     for size in (12, 61):
         whole = resized_crops(images, boxes, size, flips, max_bytes=2**62)
         chunked = resized_crops(images, boxes, size, flips, max_bytes=chunk_bytes(2, 150, 150, size))

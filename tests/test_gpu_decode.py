@@ -1,5 +1,5 @@
 """decode='gpu': stored bytes straight from the .beton, batched crop/resize/flip/normalise in torch,
-FFCV's crop distribution, corrupt-JPEG fallbacks, the prefetching hand-over and the CLI choice.
+corrupt-JPEG fallbacks, the prefetching hand-over and the CLI choice.
 
 Without CUDA the whole path runs on the CPU (torchvision's CPU decoder); the last two tests
 (nvJPEG against the CPU decoder, a training run with decode=gpu) need a GPU.
@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import get_center_crop, get_random_crop
+from ffcv.fields.rgb_image import get_center_crop
 from ffcv.loader import Loader, OrderOption
 from ffcv.reader import Reader
 from ffcv.transforms import Squeeze, ToTensor
@@ -27,7 +27,8 @@ import imagefiles
 from ffcv_cram.data.encoded_bytes import (JPG, RAW, EncodedBatch, EncodedImageBytes,
                                           largest_image_bytes)
 from ffcv_cram.data.encoding import Encoding
-from ffcv_cram.data.gpu_augment import center_crops, normalize, random_crops, resized_crops
+from ffcv_cram.data.gpu_augment import center_crops, normalize, resized_crops
+from ffcv_cram.data.seeded_crops import random_crops_and_flips
 from ffcv_cram.data.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageLoader, LoaderError
 from ffcv_cram.data.prefetch import prefetch
 from ffcv_cram.data.writer import write_beton
@@ -110,13 +111,11 @@ def test_byte_reader_returns_exactly_the_stored_bytes(betons, kind):
 
 
 def test_resized_crops_match_a_per_image_reference():
-    rng = np.random.default_rng(0)
     sizes = [(37, 50), (120, 90), (64, 64), (200, 31), (15, 300), (9, 9)]
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in sizes]
     heights, widths = np.array(sizes).T
     for size in (12, 61):  # mostly shrinking, mostly enlarging
-        boxes = random_crops(heights, widths, rng)
-        flips = rng.random(len(sizes)) < 0.5
+        boxes, flips = random_crops_and_flips(0, size, np.arange(len(sizes)), heights, widths)
         out = resized_crops(images, boxes, size, flips)
         assert out.shape == (len(sizes), 3, size, size) and out.dtype == torch.float32
         for k, (image, (top, left, h, w)) in enumerate(zip(images, boxes)):
@@ -129,28 +128,6 @@ def test_resized_crops_match_a_per_image_reference():
     assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     assert torch.allclose(x[0].float(), (out[0] - mean) / std, atol=2e-2)
-
-
-@pytest.mark.parametrize("height,width", [(375, 500), (500, 200), (60, 61)])
-def test_random_crop_distribution_matches_ffcv(height, width):
-    draws = 20000
-    np.random.seed(0)
-    scale, ratio = np.array((0.08, 1.0)), np.array((3 / 4, 4 / 3))
-    theirs = np.array([get_random_crop(height, width, scale, ratio) for _ in range(draws)])
-    ours = random_crops(np.full(draws, height), np.full(draws, width), np.random.default_rng(1))
-
-    def stats(boxes):
-        top, left, h, w = boxes.T.astype(np.float64)
-        area, log_ratio = h * w / (height * width), np.log(w / h)
-        whole = np.mean((h == height) | (w == width))  # the fallback, or a crop as large as it
-        return np.concatenate([np.quantile(area, [0.1, 0.5, 0.9]), [area.mean()],
-                               np.quantile(log_ratio, [0.1, 0.5, 0.9]), [log_ratio.mean(), whole],
-                               [np.mean(top / np.maximum(height - h, 1)),
-                                np.mean(left / np.maximum(width - w, 1))]])
-    assert np.allclose(stats(ours), stats(theirs), atol=0.015), (stats(ours), stats(theirs))
-    top, left, h, w = ours.T
-    assert (top >= 0).all() and (left >= 0).all()
-    assert (top + h <= height).all() and (left + w <= width).all()
 
 
 def test_center_crops_are_ffcv_s():

@@ -251,9 +251,6 @@ def test_sigkilled_mid_epoch_torchrun_run_resumes_bit_identically(data, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="needs seeded crops and flips on the CPU decode path: "
-                   "FFCV's RandomResizedCrop and RandomHorizontalFlip draw from unseedable "
-                   "per-thread generators")
 def test_sigkilled_mid_epoch_imagenet_style_run_resumes_bit_identically(data, tmp_path):
     extra = ("--training.deterministic=1", "--data.val_dataset=", "--training.amp=none",
              "--model.arch=resnet20", "--resolution.min_res=32", "--resolution.max_res=32",

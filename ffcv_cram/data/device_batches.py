@@ -2,20 +2,21 @@
 
 Decoding is `gpu_decode.decode_batch`; augmentation is `gpu_augment` for the imagenet style
 (train: RandomResizedCrop + horizontal flip; val: FFCV's centre crop) and
-`augment.flip_translate` for the cifar style. Random draws come from generators seeded by
-(seed, epoch, batch, rank), so every augmentation can be replayed, and ranks draw independently.
+`augment.flip_translate` for the cifar style. Crops and flips are drawn per (seed, epoch, dataset
+index) by `seeded_crops`, the rule of the CPU decoder too: the same sample gets the same crop on
+either path. The cifar style draws per (seed, epoch, batch), as its CPU path does.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from .augment import batch_generator, flip_translate
 from .encoded_bytes import EncodedBatch
-from .gpu_augment import center_crops, normalize, random_crops, resized_crops
+from .gpu_augment import center_crops, normalize, resized_crops
 from .gpu_decode import DecodeCounts, decode_batch
+from .seeded_crops import random_crops_and_flips
 
 
 @dataclass
@@ -30,7 +31,6 @@ class DeviceBatches:
     dtype: torch.dtype
     channels_last: bool
     seed: int
-    rank: int
     counts: DecodeCounts = field(default_factory=DecodeCounts)
 
     def __call__(self, rows, labels: torch.Tensor, epoch: int, batch: int):
@@ -39,15 +39,14 @@ class DeviceBatches:
         if self.style == "cifar":
             x = self._cifar(images, epoch, batch)
         else:
-            x = self._imagenet(images, encoded, epoch, batch)
+            x = self._imagenet(images, encoded, epoch)
         # (N,) for any N: FFCV hands labels over as (N, 1); squeezing would make N = 1 0-d
         return x, labels.reshape(-1).to(device=self.device, dtype=torch.int64, copy=True)
 
-    def _imagenet(self, images, encoded: EncodedBatch, epoch: int, batch: int) -> torch.Tensor:
+    def _imagenet(self, images, encoded: EncodedBatch, epoch: int) -> torch.Tensor:
         if self.train:
-            rng = np.random.default_rng([self.seed & (2**63 - 1), epoch, batch, self.rank])
-            boxes = random_crops(encoded.heights, encoded.widths, rng)
-            flips = rng.random(len(images)) < 0.5
+            boxes, flips = random_crops_and_flips(self.seed, epoch, encoded.indices,
+                                                  encoded.heights, encoded.widths)
         else:
             boxes = center_crops(encoded.heights, encoded.widths, self.crop_ratio)
             flips = None

@@ -5,7 +5,11 @@ sample's stored bytes (a JPEG stream, or raw HxWx3 pixels for samples written ra
 from the .beton into a fixed-size row of the batch buffer, so that decoding can happen elsewhere
 (on the GPU). Each row starts with a small header, since an FFCV stage returns a single array:
 
-    uint32 little-endian: [number of bytes, mode (0 jpg, 1 raw), height, width], then the bytes.
+    uint32 little-endian: [number of bytes, mode (0 jpg, 1 raw), height, width,
+                           dataset index (low 32 bits), dataset index (high 32 bits)],
+    then the bytes.
+
+The dataset index keys the sample's random crop and flip (`seeded_crops`).
 
 The reading itself runs in FFCV's loader threads, like any other FFCV decoder.
 """
@@ -21,7 +25,7 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.reader import Reader
 
-HEADER_BYTES = 16
+HEADER_BYTES = 24
 JPG, RAW = IMAGE_MODES["jpg"], IMAGE_MODES["raw"]
 
 
@@ -75,6 +79,9 @@ class EncodedImageBytes(SimpleRGBImageDecoder):
                 put_u32(row, 4, np.uint32(sample["mode"]))
                 put_u32(row, 8, np.uint32(sample["height"]))
                 put_u32(row, 12, np.uint32(sample["width"]))
+                index = np.uint64(batch_indices[k])
+                put_u32(row, 16, np.uint32(index & np.uint64(0xFFFFFFFF)))
+                put_u32(row, 20, np.uint32(index >> np.uint64(32)))
                 copy(data, row[header:])
             return destination[:len(batch_indices)]
 
@@ -90,12 +97,15 @@ class EncodedBatch:
     modes: np.ndarray        # (N,) JPG or RAW
     heights: np.ndarray      # (N,)
     widths: np.ndarray       # (N,)
+    indices: np.ndarray      # (N,) uint64 dataset index of each sample
 
     @classmethod
     def from_rows(cls, rows) -> "EncodedBatch":
         rows = torch.as_tensor(rows)
-        header = np.ascontiguousarray(rows[:, :HEADER_BYTES].numpy()).view("<u4").astype(np.int64)
-        return cls(rows, header[:, 0], header[:, 1], header[:, 2], header[:, 3])
+        words = np.ascontiguousarray(rows[:, :HEADER_BYTES].numpy()).view("<u4")
+        header = words[:, :4].astype(np.int64)
+        indices = words[:, 4].astype(np.uint64) | (words[:, 5].astype(np.uint64) << np.uint64(32))
+        return cls(rows, header[:, 0], header[:, 1], header[:, 2], header[:, 3], indices)
 
     def __len__(self) -> int:
         return len(self.lengths)

@@ -2,11 +2,9 @@
 
 Device-agnostic: the same code runs on CUDA tensors in training and on CPU tensors in tests.
 
-Crop parameters follow FFCV's decoders exactly in distribution: `random_crops` is
-RandomResizedCrop's sampling (10 attempts at an area fraction uniform in `scale` and a
-log-uniform aspect ratio, uniform position; then a centred crop clamped to the ratio range),
-`center_crops` is the validation crop (a centred square of `ratio` x the short side). They draw
-from a seeded NumPy generator, so a batch's augmentation can be replayed.
+Crop boxes: the training crops and flips come from `seeded_crops` (FFCV's RandomResizedCrop
+sampling, keyed by (seed, epoch, sample index), shared with the CPU decoder); `center_crops` is
+the validation crop (a centred square of `ratio` x the short side), exactly FFCV's.
 
 Resampling is anti-aliased bilinear (the filter of torchvision's RandomResizedCrop and of
 `F.interpolate(..., antialias=True)`), written as two matrix products per batch: with R (rows)
@@ -25,47 +23,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-RANDOM_SCALE = (0.08, 1.0)
 # default working-memory budget of one resized_crops call: a batch of 512 ImageNet-like crops
 # (stored at <= 500 px) fits in one group -- on an H200, four groups of 512 MiB cost 14 % more time
 # -- while a batch of full-size photos stays near 3 GiB instead of ~25 GiB
 WORK_BYTES = 3 * 2**30
-RANDOM_RATIO = (3 / 4, 4 / 3)
-ATTEMPTS = 10
-
-
-def random_crops(heights, widths, rng: np.random.Generator, scale=RANDOM_SCALE,
-                 ratio=RANDOM_RATIO) -> np.ndarray:
-    """(N, 4) int64 rows (top, left, height, width) of RandomResizedCrop boxes."""
-    heights = np.asarray(heights, dtype=np.int64)
-    widths = np.asarray(widths, dtype=np.int64)
-    n = len(heights)
-    area = (heights * widths).astype(np.float64)[:, None]
-    target = area * rng.uniform(scale[0], scale[1], (n, ATTEMPTS))
-    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), (n, ATTEMPTS)))
-    w = np.rint(np.sqrt(target * aspect)).astype(np.int64)
-    h = np.rint(np.sqrt(target / aspect)).astype(np.int64)
-    fits = (w > 0) & (w <= widths[:, None]) & (h > 0) & (h <= heights[:, None])
-    first = fits.argmax(1)  # the first attempt that fits, as in FFCV's loop
-    rows = np.arange(n)
-    h, w = h[rows, first], w[rows, first]
-    top = (rng.uniform(0, 1, n) * (heights - h + 1)).astype(np.int64)
-    left = (rng.uniform(0, 1, n) * (widths - w + 1)).astype(np.int64)
-    boxes = np.stack([top, left, h, w], 1)
-    missed = ~fits.any(1)
-    if missed.any():
-        boxes[missed] = _fallback_crops(heights[missed], widths[missed], ratio)
-    return boxes
-
-
-def _fallback_crops(heights, widths, ratio) -> np.ndarray:
-    """The whole image, clamped to the aspect-ratio range, centred (FFCV's fallback)."""
-    low, high = min(ratio), max(ratio)
-    in_ratio = widths / heights
-    w = np.where(in_ratio < low, widths,
-                 np.where(in_ratio > high, np.rint(heights * high), widths)).astype(np.int64)
-    h = np.where(in_ratio < low, np.rint(widths / low), heights).astype(np.int64)
-    return np.stack([(heights - h) // 2, (widths - w) // 2, h, w], 1)
 
 
 def center_crops(heights, widths, ratio: float) -> np.ndarray:

@@ -24,11 +24,10 @@ import os
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder,
-                                   SimpleRGBImageDecoder)
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.traversal_order.base import TraversalOrder
-from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
+from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage
 
 from .augment import batch_generator, flip_translate
 from .decode_choice import DECODES
@@ -36,6 +35,7 @@ from .device_batches import DeviceBatches
 from .encoded_bytes import EncodedImageBytes, largest_image_bytes
 from .gpu_decode import check_device_decoder
 from .prefetch import prefetch
+from .seeded_decoder import SeededRandomResizedCrop
 from .start_batch import StartAtBatch
 from .threads import loader_threads, torch_threads
 
@@ -77,15 +77,16 @@ class ImageLoader:
     """An FFCV loader of (images, labels) batches.
 
     `indices` restricts the loader to those samples (e.g. a seeded calibration subset).
-    style 'imagenet': train = RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip (FFCV's ops),
-    val = center crop of `crop_ratio` resized to `resolution`; style 'cifar': train = flip + random
-    translate by up to 4 px, seeded per (seed, epoch, batch) so runs replay exactly
-    (`ffcv_cram.data.augment`), val = the stored image. Both normalised with the style's mean/std.
-    `decode` 'gpu' decodes and augments in torch on `device` (nvJPEG on a CUDA device; on a CPU
-    device the same code runs with the CPU decoder): the same crop distribution and flip, drawn
-    per (seed, epoch, batch, rank) so they replay too, resampled with anti-aliased bilinear
-    (FFCV: OpenCV's INTER_AREA). Corrupt JPEGs are counted in `decode_fallbacks` (decoded on the
-    CPU instead) and `decode_failures` (replaced by a blank image); the cpu path has no such counts.
+    style 'imagenet': train = RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip, drawn per
+    (seed, epoch, dataset index) so runs replay exactly whatever the thread count
+    (`seeded_crops`), val = center crop of `crop_ratio` resized to `resolution`; style 'cifar':
+    train = flip + random translate by up to 4 px, seeded per (seed, epoch, batch) so runs replay
+    exactly (`ffcv_cram.data.augment`), val = the stored image. Both normalised with the style's
+    mean/std. `decode` 'gpu' decodes and augments in torch on `device` (nvJPEG on a CUDA device;
+    on a CPU device the same code runs with the CPU decoder): the same crops and flips for the
+    same sample as 'cpu', resampled with anti-aliased bilinear (FFCV: OpenCV's INTER_AREA).
+    Corrupt JPEGs are counted in `decode_fallbacks` (decoded on the CPU instead) and
+    `decode_failures` (replaced by a blank image); the cpu path has no such counts.
 
     `num_workers` <= 0 picks this process's share of the usable cores (`threads.loader_threads`;
     pass the share yourself when several loaders iterate at the same time). FFCV sets torch's
@@ -135,9 +136,9 @@ class ImageLoader:
             _check_device_decoder(self.device)
             image_ops, label_ops = [_bytes_reader(path)], [IntDecoder(), ToTensor()]
             self.device_batches = DeviceBatches(self.device, style, train, resolution, crop_ratio,
-                                                mean, std, dtype, channels_last, seed, rank)
+                                                mean, std, dtype, channels_last, seed)
         else:
-            self.decoder = self._decoder(style, train, resolution, crop_ratio)
+            self.decoder = self._decoder(style, train, resolution, crop_ratio, seed)
             image_ops, label_ops = self._cpu_pipelines(style, train, mean, std)
         self.num_workers = loader_threads(num_workers)
         self.torch_threads = torch_threads()
@@ -160,9 +161,7 @@ class ImageLoader:
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
     def _cpu_pipelines(self, style, train, mean, std):
-        image_ops = [self.decoder]
-        if train and style == "imagenet":
-            image_ops.append(RandomHorizontalFlip())
+        image_ops = [self.decoder]  # the imagenet train decoder flips too
         to_device = [ToDevice(self.device, non_blocking=True)] if self.on_gpu else []
         if not self.on_gpu:  # normalise in the compiled pipeline, before ToTensor (see above)
             np_dtype = np.float16 if self.dtype == torch.float16 else np.float32
@@ -173,11 +172,11 @@ class ImageLoader:
         return image_ops, [IntDecoder(), ToTensor(), *to_device]
 
     @staticmethod
-    def _decoder(style, train, resolution, crop_ratio):
+    def _decoder(style, train, resolution, crop_ratio, seed):
         if style == "cifar":
             return SimpleRGBImageDecoder()
         if train:
-            return RandomResizedCropRGBImageDecoder((resolution, resolution))
+            return SeededRandomResizedCrop((resolution, resolution), seed)
         return CenterCropRGBImageDecoder((resolution, resolution), ratio=crop_ratio)
 
     @property
@@ -221,6 +220,8 @@ class ImageLoader:
             torch.set_num_threads(self.torch_threads)
 
     def _epoch_iterator(self):
+        if isinstance(self.decoder, SeededRandomResizedCrop):  # before FFCV's thread starts
+            self.decoder.set_epoch(self.loader.next_epoch)
         try:
             epoch_iterator = iter(self.loader)
         finally:
