@@ -139,6 +139,20 @@ def test_fail_mode_names_the_file_and_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == [root]
 
 
+def test_refused_class_list_write_leaves_nothing(tree, tmp_path):
+    """The disk refuses classes.json (here: a folder stands at its name): one error line, exit 2,
+    and no .beton without its class list."""
+    out = tmp_path / "out.beton"
+    (tmp_path / "out.beton.classes.json").mkdir()
+    proc = run_cli("--cfg.dataset=folder", "--cfg.split=train", f"--cfg.data_dir={tree[0].parent}",
+                   f"--cfg.write_path={out}")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert "out.beton.classes.json: cannot be written" in errors[0] and "Traceback" not in proc.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.beton.classes.json"]
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda r: (r / "a").mkdir(parents=True), "class folder is empty"),
     (lambda r: r.mkdir(), "no class folders"),

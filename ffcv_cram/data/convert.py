@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from ..atomic import write_text
+from ..atomic import WriteError as RefusedWrite, write_text
 
 from .encoding import Encoding
 from .sources import (Cifar10Source, FolderSource, SourceError, balanced_subset, random_subset)
@@ -82,10 +82,15 @@ def convert(dataset: str, split: str, data_dir: str, write_path: str, *, max_res
                              on_bad_image, progress)
     except WriteError as err:
         raise ConversionError(str(err)) from None
-    write_text(f"{write_path}.classes.json", json.dumps(source.classes, indent=1) + "\n")
-    skipped_file = f"{write_path}.skipped.txt"
-    if result.skipped:
-        write_text(skipped_file, "".join(f"{name}\t{reason}\n" for name, reason in result.skipped))
-    elif os.path.exists(skipped_file):
-        os.remove(skipped_file)  # stale list from an earlier run of the same output
+    try:
+        write_text(f"{write_path}.classes.json", json.dumps(source.classes, indent=1) + "\n")
+        skipped_file = f"{write_path}.skipped.txt"
+        if result.skipped:
+            write_text(skipped_file,
+                       "".join(f"{name}\t{reason}\n" for name, reason in result.skipped))
+        elif os.path.exists(skipped_file):
+            os.remove(skipped_file)  # stale list from an earlier run of the same output
+    except RefusedWrite as err:  # no partial output: a .beton without its class names is unusable
+        os.remove(write_path)
+        raise ConversionError(f"{err} ({os.path.basename(write_path)} removed with it)") from None
     return result, source.classes
