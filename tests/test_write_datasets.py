@@ -144,8 +144,8 @@ def test_refused_class_list_write_leaves_nothing(tree, tmp_path):
     and no .beton without its class list."""
     out = tmp_path / "out.beton"
     (tmp_path / "out.beton.classes.json").mkdir()
-    proc = run_cli("--cfg.dataset=folder", "--cfg.split=train", f"--cfg.data_dir={tree[0].parent}",
-                   f"--cfg.write_path={out}")
+    proc = run_cli("--cfg.dataset=folder", "--cfg.split=train",
+                   f"--cfg.data_dir={tree[0].parent}", f"--cfg.write_path={out}")
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr
     assert "out.beton.classes.json: cannot be written" in errors[0] and "Traceback" not in proc.stderr
