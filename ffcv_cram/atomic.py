@@ -21,6 +21,17 @@ def _temporary(path: str):
     return tmp
 
 
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete what a process killed in the middle of a write left in `folder` (our temporary
+    names: `.<file>.<random>.tmp`); returns their names. Only for folders no one else writes
+    into at the same time, e.g. a run folder before its run starts writing."""
+    stale = [name for name in os.listdir(folder) if name.startswith(".") and name.endswith(".tmp")
+             and os.path.isfile(os.path.join(folder, name))] if os.path.isdir(folder) else []
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return stale
+
+
 def _refused(path: str, err: OSError) -> WriteError:
     return WriteError(f"{path}: cannot be written ({err.strerror or err}); the previous "
                       f"{os.path.basename(path)}, if any, is kept; free disk space or fix the "

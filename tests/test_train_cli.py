@@ -244,10 +244,12 @@ def test_sigkilled_mid_epoch_torchrun_run_resumes_bit_identically(data, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     command = [*torchrun, *args(data, part, *extra, "--checkpoint.every_steps=1")]
     stopped = sigkill_after_mid_epoch_checkpoint(command, part, tmp_path / "killed.log")
+    (part / ".checkpoint_last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")  # killed mid-write
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from checkpoint_last.pt: {stopped} of 6" in resumed.stdout
     assert_same_run(whole, part)
+    assert not list(part.glob(".*.tmp"))  # what the kill left is cleaned up
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from collections import Counter
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..atomic import torch_save
+from ..atomic import remove_stale_temporaries, torch_save
 from ..config import UsageError, num_classes as config_num_classes
 from ..data.pipelines import ImageLoader, LoaderError
 from ..data.threads import loader_threads, thread_summary
@@ -206,6 +206,8 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
         torch.backends.cudnn.benchmark = True
     num_classes = config_num_classes(cfg["model"]["num_classes"], cfg["data"]["train_dataset"])
     state = _resume_state(cfg, folder)
+    if ctx.is_main:  # a run killed while writing a checkpoint left its temporary file
+        remove_stale_temporaries(folder)
     start_epoch = state["epoch"] if state else 0
     resumed = _resume_point(state, ctx, os.path.join(folder, ckpt.LAST))
     model, optimizer = _build(cfg, ctx, num_classes)
