@@ -11,7 +11,10 @@ with its error and the next one runs:
                     vs CrAM+ N:M images/s and peak memory; CrAM+ steps under sync debug mode
   5. decode         GPU decode + augmentation vs FFCV's CPU decode, alone and feeding ResNet-50
   6. end to end     train_imagenet.py with --data.decode=gpu, the fused step, bf16
-Sections 1-4 need torch and triton only; 5-6 need ffcv. Without ffcv, a bundle made by
+  7. compile        ResNet-50 bf16 batch 256, 224 px: eager vs torch.compile step time for SGD
+                    and CrAM+, CrAM+'s compile cost, recompiles while timed (last, so that its
+                    few minutes of compiling never starve the sections before it)
+Sections 1-4 and 7 need torch and triton only; 5-6 need ffcv. Without ffcv, a bundle made by
 bench/pack_ffcv.sh at build/ffcv_carry.tar.xz is installed into a temporary folder first.
 
 Writes bench/results/gpu_check_<gpu>.json and .log (plus each section's own JSON) and prints a
@@ -83,6 +86,9 @@ def sections(data_dir: str, work: str, e2e_seconds: float) -> list[Section]:
                                data_dir],
                 ["bench/gpu_e2e.py", "--dry-run", "--workers", "1", "--data-dir", data_dir],
                 e2e_seconds + 90, ("gpu_e2e",), needs_ffcv=True),
+        Section("compile", ["bench/bench_compile.py", "--cpu-rounds", "0", "--gpu-batch", "256",
+                            "--gpu-rounds", "15"],
+                ["bench/bench_compile.py", "--dry-run"], 300, ("bench_compile_cuda",)),
     ]
 
 
@@ -207,6 +213,13 @@ def headline(name: str, result: dict) -> str:
             rate = data["loader_images_per_s"]
             return (f"GPU {rate['gpu']['median']:,.0f} vs CPU {rate['cpu']['median']:,.0f} img/s; "
                     f"training at {100 * data['train_gpu_of_ceiling']:.0f}% of the ceiling")
+        if name == "compile":
+            case = data["cases"][-1]
+            speedups = ", ".join(f"{label} {m['modes']['default']['speedup']:.2f}x"
+                                 for label, m in case["methods"].items())
+            cost = case["methods"]["cram+ global"]["modes"]["default"]["compile_s"]
+            return (f"{case['resolution']}px compiled / eager speedup: {speedups}; CrAM+ compile "
+                    f"{cost:.0f} s; recompiles while timed {case['recompiles_while_timed']}")
         if name == "end to end":
             rates = [e["images_per_s"] for e in data["epochs"]]
             best = f"{sorted(rates)[len(rates) // 2]:,.0f} img/s median epoch" if rates else ""
@@ -234,7 +247,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-s", type=float, default=330,
+    parser.add_argument("--budget-s", type=float, default=630,
                         help="the whole check stops starting sections after this long")
     parser.add_argument("--e2e-seconds", type=float, default=100,
                         help="how long train_imagenet.py runs in section 6")

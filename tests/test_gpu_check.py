@@ -22,8 +22,9 @@ def test_dry_run_runs_every_section(tmp_path):
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     table = proc.stdout[proc.stdout.rindex("=== gpu check"):]
-    assert "6/6 sections ok" in table, table
-    for name in ("environment", "cuda tests", "kernels", "train step", "decode", "end to end"):
+    assert "7/7 sections ok" in table, table
+    for name in ("environment", "cuda tests", "kernels", "train step", "decode", "end to end",
+                 "compile"):
         assert name in table
     assert "\r" not in proc.stdout  # progress-bar frames are dropped from the log
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import safe_load
 from ..atomic import torch_save
+from ..models.compiled import plain_module
 
 FORMAT = "ffcv_cram.checkpoint/1"
 LAST = "checkpoint_last.pt"
@@ -23,13 +24,7 @@ FINAL_WEIGHTS = "final_weights.pt"
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DDP / DataParallel / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+    return plain_module(model)
 
 
 def plain_state_dict(model: nn.Module) -> dict:

@@ -14,6 +14,7 @@ from fastargs.validation import OneOf
 from ..atomic import WriteError
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ..data.decode_choice import DECODES, decode_problem
+from ..models.compiled import COMPILE_MODES
 from .schedule import LR_SCHEDULES
 from .step import AMP_MODES, METHODS
 
@@ -55,6 +56,11 @@ def declare(defaults: dict) -> None:
         device=Param(OneOf(["auto", "cpu", "cuda"]), "auto: cuda when available", default="auto"),
         seed=Param(int, "seed of initialisation, data order and augmentation", default=0),
         deterministic=Param(Flag(), "deterministic kernels (slower on GPUs)", default=False),
+        compile=Param(Flag(), "torch.compile the model for both passes (the first step compiles)",
+                      default=False),
+        compile_mode=Param(OneOf(COMPILE_MODES), "with compile: default | "
+                           "max-autotune-no-cudagraphs (autotuned kernels, longer compile)",
+                           default="default"),
         dist_timeout=Param(IntRange(1), "torchrun: seconds a process waits for the others (start-up, "
                            "each collective) before it fails and torchrun may restart the group",
                            default=600),
@@ -133,6 +139,8 @@ def check(cfg: dict, style: str) -> None:
     if cfg["checkpoint"]["every_steps"] and cfg["data"]["order"] == "quasi_random":
         raise UsageError("--checkpoint.every_steps needs --data.order=random: FFCV's quasi_random "
                          "order cannot be replayed, so a resumed epoch would repeat and miss samples")
+    if t["compile_mode"] != "default" and not t["compile"]:
+        raise UsageError(f"--training.compile_mode={t['compile_mode']}: needs --training.compile=1")
     if c["rho"] < 0:
         raise UsageError(f"--cram.rho={c['rho']}: must be >= 0")
     if lr["lr"] <= 0:

@@ -20,10 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 from ..atomic import remove_stale_temporaries, torch_save
 from ..config import UsageError, num_classes as config_num_classes
 from ..data.pipelines import ImageLoader, LoaderError
-from ..data.threads import loader_threads, thread_summary
+from ..data.threads import loader_threads, local_processes, thread_summary, usable_cores
 from ..models import get_model
+from ..models.compiled import compile_model, compile_problem
 from ..safe_load import UnsafeFile
 from . import checkpoint as ckpt
+from .compile_clock import CompileClock
 from .dist import Context, all_gather_str, all_sum, broadcast_buffers, setup, teardown
 from .epoch_so_far import EpochSoFar
 from .epoch_totals import EpochTotals
@@ -35,7 +37,7 @@ from .step import TrainStep, make_optimizer, parameter_groups
 # sections that may change between a run and its resumption without changing its result
 RESUMABLE_CHANGES = ("logging", "checkpoint", "validation")
 RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "training.device",
-                  "training.dist_timeout")
+                  "training.dist_timeout", "training.compile", "training.compile_mode")
 
 
 def _flat(cfg: dict) -> dict:
@@ -103,6 +105,20 @@ def _build(cfg: dict, ctx: Context, num_classes: int):
     return model, optimizer
 
 
+def _compiled(cfg: dict, style: str, model, ctx: Context):
+    """The compiled model, and the clock that reports its compile cost. One graph per training
+    resolution, two for the two-pass methods (their second pass freezes BatchNorm statistics)."""
+    t = cfg["training"]
+    problem = compile_problem(ctx.device)
+    if problem:
+        raise UsageError(f"--training.compile: {problem}")
+    resolutions = {_resolutions(cfg, style, epoch) for epoch in range(t["epochs"])}
+    graphs = len(resolutions) * (1 if t["optimizer"] == "sgd" else 2)
+    workers = max(1, usable_cores() // local_processes())  # this process's share of the cores
+    return (compile_model(model, t["compile_mode"], graphs, workers),
+            CompileClock(ctx.device, t["compile_mode"], announce=ctx.is_main))
+
+
 def _draw(optimizer):
     if getattr(optimizer, "last_sparsity", None) is not None:
         return f"{optimizer.last_sparsity:g}"
@@ -122,7 +138,7 @@ def _decode_record(before: list[float], loader, ctx: Context, prefix: str = "") 
 
 
 def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution, so_far: EpochSoFar,
-                 save_mid_epoch):
+                 save_mid_epoch, clock: CompileClock | None = None):
     """One epoch, from its batch `so_far.batch` on (the loader set to skip the batches before).
     Nothing per step waits for the device (see `epoch_totals`): the totals are read once at the
     end and at each mid-epoch checkpoint, and the progress bar shows the loss of an already
@@ -143,7 +159,7 @@ def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution, so_far: Epoc
         lr = _lr(cfg, epoch + i / iters)
         for group in step.optimizer.param_groups:
             group["lr"] = lr
-        out = step(x, y)
+        out = step(x, y) if clock is None else clock.step(step, x, y)
         totals.add(out.loss, out.correct, len(y))
         skipped += out.skipped
         if not out.skipped and (name := _draw(step.optimizer)) is not None:
@@ -218,9 +234,12 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
         if step.scaler is not None and state["scaler"] is not None:
             step.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
+    clock = None
+    if t["compile"]:  # compiled inside DDP, the order the PyTorch docs advise; `model` stays plain
+        step.model, clock = _compiled(cfg, style, model, ctx)
     if ctx.distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        step.model = DistributedDataParallel(model, device_ids=device_ids)
+        step.model = DistributedDataParallel(step.model, device_ids=device_ids)
     train_loader, val_loader = _loaders(cfg, style, ctx, start_epoch)
     iters = len(train_loader)
     if resumed.batch >= iters:
@@ -253,7 +272,9 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
         step.model.train()
         record = {"epoch": epoch, "resolution": resolution or None,
                   **_train_epoch(cfg, epoch, step, train_loader, logger, ctx, resolution, so_far,
-                                 save_mid_epoch)}
+                                 save_mid_epoch, clock)}
+        if clock is not None:
+            record.update(clock.report())
         last = epoch == epochs - 1
         if val_loader is not None and (last or (every and (epoch + 1) % every == 0)):
             decode_before = _decode_counts(val_loader)

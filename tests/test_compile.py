@@ -1,0 +1,188 @@
+"""torch.compile of the model (--training.compile), and the helper eval reuses.
+
+Inductor's C++ backend compiles on the CPU, which costs seconds per graph on a small machine, so
+every test uses the same tiny BatchNorm conv net and input shape: inductor's on-disk cache then
+serves the repeats. Dynamo's own cache is per function (shared by every instance of the model
+class), so each test starts from an empty one.
+"""
+import copy
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch._dynamo.utils import counters
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ffcv_cram import disable_running_stats, enable_running_stats
+from ffcv_cram.models.compiled import compile_model, graph_count, plain_module
+from ffcv_cram.sparsity import prune_model, tune_batchnorm
+from ffcv_cram.train.checkpoint import plain_state_dict
+from ffcv_cram.train.step import TrainStep, make_optimizer
+from nets import SmallConvNet, batch
+
+METHODS = ["sgd", "sam", "cram", "cram_nm"]
+
+
+def data(step, rank=0):
+    return batch(n=6, dtype=torch.float32, seed=1000 * rank + step)
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def make_step(method, model, compiled, workers=None):
+    opt = make_optimizer(method, model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
+                         rho=0.05, sparsities=(0.5, 0.7, 0.9), seed=3)
+    return TrainStep(compile_model(model, workers=workers) if compiled else model, opt, method)
+
+
+def record_masks(optimizer) -> list:
+    """Every step's CrAM masks, as the optimizer computed them (torch path: `_compress`)."""
+    seen = []
+    if hasattr(optimizer, "_compress"):
+        compress = optimizer._compress
+
+        def recording(prunable):
+            masks = compress(prunable)
+            seen.append([None if m is None else m.clone() for m in masks])
+            return masks
+        optimizer._compress = recording
+    return seen
+
+
+def dynamo_counters() -> dict:
+    return {name: dict(values) for name, values in counters.items()}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_compiled_steps_equal_eager_and_compile_once(method, fresh_dynamo):
+    torch.manual_seed(0)
+    eager_model = SmallConvNet()
+    compiled_model = copy.deepcopy(eager_model)
+    eager, compiled = make_step(method, eager_model, False), make_step(method, compiled_model, True)
+    eager_masks, compiled_masks = record_masks(eager.optimizer), record_masks(compiled.optimizer)
+    for i in range(12):
+        x, y = data(i)
+        a, b = eager(x, y), compiled(x, y)
+        torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-5)
+        if i == 1:  # both BatchNorm states have run: no graph may be added from here on
+            graphs, after_two = graph_count(), dynamo_counters()
+    assert graphs == (1 if method == "sgd" else 2)  # the frozen second pass: one extra graph
+    assert dynamo_counters() == after_two
+    for (name, p), q in zip(eager_model.state_dict().items(), compiled_model.state_dict().values()):
+        if p.is_floating_point():
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+        else:  # num_batches_tracked: one update per step, none from the frozen pass
+            assert int(q) == int(p) == 12, name
+    assert len(compiled_masks) == len(eager_masks) == (12 if method.startswith("cram") else 0)
+    for step_a, step_b in zip(eager_masks, compiled_masks):
+        for m, n in zip(step_a, step_b):
+            assert (m is None and n is None) or torch.equal(m, n)
+
+
+def test_frozen_pass_leaves_running_stats_unchanged_under_compile(fresh_dynamo):
+    model = SmallConvNet()
+    compiled = compile_model(model)
+    x, y = data(0)
+    loss = nn.functional.cross_entropy
+    loss(compiled(x), y).backward()
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for _ in range(2):
+        before = [b.clone() for m in bn for b in m.buffers()]
+        disable_running_stats(compiled)
+        frozen = compiled(x)
+        loss(frozen, y).backward()
+        enable_running_stats(compiled)
+        assert all(torch.equal(a, b) for a, b in zip(before, (b for m in bn for b in m.buffers())))
+        disable_running_stats(model)
+        torch.testing.assert_close(frozen, model(x))  # eager, frozen: batch statistics
+        enable_running_stats(model)
+        compiled(x)  # the training graph again: it does update the statistics
+        assert not torch.equal(bn[0].running_mean, before[0])
+        assert int(bn[0].num_batches_tracked) == int(before[2]) + 1
+    assert graph_count() == 2
+
+
+def test_in_place_weight_changes_do_not_recompile(fresh_dynamo):
+    """What an eval sweep does around a compiled model: load weights, prune in place, tune
+    BatchNorm (on the plain module, eagerly), evaluate. Parameters and buffers are graph inputs,
+    so none of it recompiles, and every output equals the eager model's."""
+    model = SmallConvNet().eval()
+    compiled = compile_model(model)
+    dense = copy.deepcopy(model.state_dict())
+    x, _ = data(0)
+    calibration = [data(i)[0] for i in range(1, 4)]
+
+    @torch.no_grad()
+    def check():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+
+    check()
+    masks, report = prune_model(plain_module(compiled), "global", 0.7)
+    assert report.pruned_sparsity == pytest.approx(0.7, abs=1e-3)
+    check()
+    tune_batchnorm(plain_module(compiled), calibration, num_batches=3, momentum=None)
+    check()
+    assert all((p[~masks[name]] == 0).all() for name, p in model.named_parameters() if name in masks)
+    model.load_state_dict(dense)
+    check()
+    assert graph_count() == 1
+
+
+def test_plain_module_and_state_dicts_have_no_wrapper_prefixes():
+    model = SmallConvNet()
+    wrapped = nn.DataParallel(compile_model(model, "max-autotune-no-cudagraphs"))
+    assert any(k.startswith("module._orig_mod.") for k in wrapped.state_dict())
+    assert plain_module(wrapped) is model
+    assert list(plain_state_dict(wrapped)) == list(model.state_dict())
+    with pytest.raises(ValueError, match="mode='reduce-overhead'"):
+        compile_model(model, "reduce-overhead")
+
+
+def test_graphs_beyond_dynamos_limit_raise_it():
+    limit = torch._dynamo.config.cache_size_limit
+    try:
+        compile_model(SmallConvNet(), graphs=limit)
+        assert torch._dynamo.config.cache_size_limit == limit
+        compile_model(SmallConvNet(), graphs=limit + 2)
+        assert torch._dynamo.config.cache_size_limit == limit + 2
+    finally:
+        torch._dynamo.config.cache_size_limit = limit
+
+
+WORLD, DDP_STEPS = 2, 4
+
+
+def _ddp_worker(rank, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's weights
+        model = SmallConvNet()
+        step = make_step("cram", model, compiled=True, workers=1)  # the trainer's share of 2 cores
+        step.model = DDP(step.model)  # compiled inside DDP, as the trainer does
+        for i in range(DDP_STEPS):
+            step(*data(i, rank))
+        torch.save({"state": plain_state_dict(step.model), "graphs": graph_count()},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_with_compile_keeps_ranks_identical(tmp_path):
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
+    assert r0["graphs"] == r1["graphs"] == 2
+    assert r0["state"].keys() == r1["state"].keys()
+    for name, value in r0["state"].items():  # BatchNorm statistics too: DDP gives every rank
+        assert torch.equal(value, r1["state"][name]), name  # rank 0's before each forward, and
+    # the last forward of a step is the frozen one
+    assert int(r0["state"]["bn1.num_batches_tracked"]) == DDP_STEPS

@@ -1,0 +1,35 @@
+"""train_cifar.py --training.compile=1 end to end: the compile cost logged once, no recompiles
+across epochs and the validation between them, checkpoints and final_weights.pt plain; a compile
+mode without compile is refused. (Compiling under DDP: tests/test_compile.py.)"""
+import pytest
+import torch
+
+from ffcv_cram.models import get_model
+from ffcv_cram.train.checkpoint import load_checkpoint
+from test_train_cli import args, data, log_lines, train  # noqa: F401 (data: fixture)
+
+MESSAGE = "torch.compile (mode default): the first training step took"
+
+
+@pytest.mark.slow
+def test_compiled_cram_run(data, tmp_path):  # noqa: F811
+    folder = tmp_path / "run"
+    proc = train(*args(data, folder, "--training.compile=1", "--training.optimizer=cram"),
+                 timeout=1200)  # compiling ResNet-20 takes minutes on a loaded 2-core CPU
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count(MESSAGE) == 1 and "compiling 2 graphs" in proc.stdout
+    lines = log_lines(folder)
+    assert [line["epoch"] for line in lines] == [0, 1]
+    assert lines[0]["compile_s"] > 0 and "compile_s" not in lines[1]  # reported once
+    assert [line["compiled_graphs"] for line in lines] == [2, 2]  # the frozen pass: one; then none
+    keys = list(get_model("resnet20", 4).state_dict())
+    assert list(load_checkpoint(str(folder / "checkpoint_last.pt"))["model"]) == keys
+    model = get_model("resnet20", 4)
+    model.load_state_dict(torch.load(folder / "final_weights.pt", weights_only=True))  # strict
+
+
+def test_a_compile_mode_without_compile_is_refused(data, tmp_path):  # noqa: F811
+    proc = train(*args(data, tmp_path / "x"), "--training.compile_mode=max-autotune-no-cudagraphs")
+    assert proc.returncode == 2 and proc.stderr.count("error:") == 1, proc.stderr
+    assert ("--training.compile_mode=max-autotune-no-cudagraphs: needs --training.compile=1"
+            in proc.stderr) and not (tmp_path / "x").exists()
