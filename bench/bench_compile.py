@@ -84,10 +84,10 @@ def case(name, batch, res, classes, device, amp, rounds, modes):
         for mode in modes:
             t = np.array(times[f"{label}|{mode}"])
             speedup = eager / t
+            quartiles = [float(q) for q in np.percentile(speedup, [25, 75])]
             row["modes"][mode] = {"median_s": statistics.median(t),
                                   "speedup": float(np.median(speedup)),
-                                  "speedup_quartiles": [float(q) for q in np.percentile(speedup, [25, 75])],
-                                  **compiled[f"{label}|{mode}"]}
+                                  "speedup_quartiles": quartiles, **compiled[f"{label}|{mode}"]}
         methods[label] = row
     cram_over_sgd = {variant: float(np.median(np.array(times[f"cram+ global|{variant}"])
                                               / np.array(times[f"sgd|{variant}"])))

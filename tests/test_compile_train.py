@@ -1,12 +1,16 @@
 """train_cifar.py --training.compile=1 end to end: the compile cost logged once, no recompiles
 across epochs and the validation between them, checkpoints and final_weights.pt plain; a compile
-mode without compile is refused. (Compiling under DDP: tests/test_compile.py.)"""
+mode without compile, and compiling without a C++ compiler on the CPU, are refused. (Compiling
+under DDP: tests/test_compile.py.)"""
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from ffcv_cram.models import get_model
 from ffcv_cram.train.checkpoint import load_checkpoint
-from test_train_cli import args, data, log_lines, train  # noqa: F401 (data: fixture)
+from test_train_cli import ENV, ROOT, args, data, log_lines, train  # noqa: F401 (data: fixture)
 
 MESSAGE = "torch.compile (mode default): the first training step took"
 
@@ -33,3 +37,23 @@ def test_a_compile_mode_without_compile_is_refused(data, tmp_path):  # noqa: F81
     assert proc.returncode == 2 and proc.stderr.count("error:") == 1, proc.stderr
     assert ("--training.compile_mode=max-autotune-no-cudagraphs: needs --training.compile=1"
             in proc.stderr) and not (tmp_path / "x").exists()
+
+
+def test_compiling_on_the_cpu_without_a_cxx_compiler_is_refused(data, tmp_path):  # noqa: F811
+    proc = subprocess.run([sys.executable, str(ROOT / "train_cifar.py"),
+                           *args(data, tmp_path / "x", "--training.compile=1")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**ENV, "CXX": str(tmp_path / "no-such-g++")})
+    assert proc.returncode == 2 and proc.stderr.count("error:") == 1, proc.stderr
+    assert "error: --training.compile: torch.compile on the CPU needs a C++ compiler" in proc.stderr
+
+
+def test_compile_settings_may_change_when_resuming():
+    """Also for a run written before the flag existed: its config has no compile keys."""
+    from ffcv_cram.train.loop import config_differences
+    saved = {"training": {"optimizer": "cram", "epochs": 2}}
+    now = {"training": {"optimizer": "cram", "epochs": 2, "compile": True,
+                        "compile_mode": "max-autotune-no-cudagraphs"}}
+    assert config_differences(saved, now) == []
+    now["training"]["optimizer"] = "sgd"
+    assert config_differences(saved, now) == ["training.optimizer"]

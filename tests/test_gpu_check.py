@@ -61,3 +61,10 @@ def test_headlines_summarise_real_section_results():
     assert "224px" in line and "160px" in line and "host syncs" in line
     e2e = json.loads((results / "run2_gpu_e2e.json").read_text())
     assert gpu_check.headline("end to end", {"data": e2e}).startswith("finished, 10 epochs")
+
+
+def test_compile_headline_reads_the_benchmarks_result():
+    result = json.loads((ROOT / "bench" / "results" / "bench_compile_cpu.json").read_text())
+    line = gpu_check.headline("compile", {"data": result})
+    assert line.startswith("32px compiled / eager speedup: cram+ global 1.03x, sgd 1.00x")
+    assert "CrAM+ compile 93 s" in line and line.endswith("recompiles while timed 0")

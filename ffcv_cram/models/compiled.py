@@ -9,6 +9,10 @@ branches on. For training that is one per resolution, times two for the two-pass
 second pass runs with BatchNorm statistics frozen, `track_running_stats=False`; dynamo guards on
 that attribute, compiles the frozen variant once, then keeps both and picks per call).
 
+Evaluating a compiled model: adds one graph for the eval mode and one for a smaller last batch.
+Run BatchNorm tuning on the plain module: through the compiled one, cumulative averaging
+(momentum=None) reads num_batches_tracked on the host, a graph break in every BatchNorm layer.
+
 Modes: 'default' and 'max-autotune-no-cudagraphs' (autotuned kernels, longer compile). The
 CUDA-graph modes are left out: their outputs live in buffers the next replay overwrites, and a
 step keeps the first pass's loss and logits while the second pass runs.

@@ -4,6 +4,9 @@ Setting `track_running_stats = False` on a module in train mode makes every `_Ba
 (BatchNorm1d/2d/3d, SyncBatchNorm, LazyBatchNorm) normalise with batch statistics without touching
 running_mean, running_var or num_batches_tracked. (The usual momentum=0 trick still increments
 num_batches_tracked, and does nothing for cumulative averaging, momentum=None.)
+
+Under torch.compile the attribute is guarded: the frozen pass compiles once into a second graph,
+and dynamo keeps both (tests/test_compile.py).
 """
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
