@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     cfg = parse(__doc__.splitlines()[0], argv)
     try:
-        from ffcv_cram.sparsity.job import run_sweep  # torch, ffcv: after the arguments parse
+        from ffcv_cram.sweep.job import run_sweep  # torch, ffcv: after the arguments parse
         rows, paths, table = run_sweep(cfg)
     except (UsageError, WriteError) as err:
         fail(str(err))

@@ -22,12 +22,12 @@ from ..config import UsageError, num_classes as config_num_classes
 from ..data.pipelines import ImageLoader, LoaderError
 from ..data.threads import loader_threads, thread_summary
 from ..models import get_model
+from ..runtime.dist import Context, all_gather_str, all_sum, broadcast_buffers, setup, teardown
+from ..runtime.evaluate import evaluate
 from ..safe_load import UnsafeFile
 from . import checkpoint as ckpt
-from .dist import Context, all_gather_str, all_sum, broadcast_buffers, setup, teardown
 from .epoch_so_far import EpochSoFar
 from .epoch_totals import EpochTotals
-from .evaluate import evaluate
 from .logger import RunLogger
 from .schedule import lr_at, resolution_at
 from .step import TrainStep, make_optimizer, parameter_groups

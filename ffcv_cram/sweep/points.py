@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from ..atomic import torch_save
-from ..train.evaluate import evaluate
-from .bnt import tune_batchnorm
-from .prune import prune_model
+from ..runtime.evaluate import evaluate
+from ..sparsity.bnt import tune_batchnorm
+from ..sparsity.prune import prune_model
 
 
 @dataclass

@@ -10,12 +10,12 @@ from ..config import UsageError, num_classes as config_num_classes
 from ..data.decode_choice import decode_problem
 from ..data.threads import loader_threads, thread_summary
 from ..models import available_models, get_model
-from ..optim.cram import parse_pattern
 from ..safe_load import UnsafeFile
-from ..train.dist import resolve_device
+from ..runtime.dist import resolve_device
+from ..sparsity.masks import parse_pattern
 from .checkpoints import CheckpointError, check_fits, load_state_dict
 from .report import text_table, write_reports
-from .sweep import SweepSettings, sweep_checkpoint, targets
+from .points import SweepSettings, sweep_checkpoint, targets
 
 METHODS = ("global", "uniform", "nm")
 
