@@ -79,7 +79,8 @@ def _eval_cfg(num_workers):
     return {"data": {"style": "cifar", "resolution": 32, "num_workers": num_workers,
                      "in_memory": True, "decode": "cpu", "val_dataset": "v.beton",
                      "calib_dataset": "c.beton", "train_dataset": ""},
-            "bnt": {"augment": True, "batch_size": 8, "seed": 0}, "eval": {"batch_size": 8}}
+            "bnt": {"augment": True, "batch_size": 8, "seed": 0, "batches": 1},
+            "eval": {"batch_size": 8}}
 
 
 @pytest.mark.parametrize("given,want", [(0, 4), (3, 3)])

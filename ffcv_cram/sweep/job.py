@@ -1,114 +1,61 @@
-"""The eval_sparse.py job: every check first, then loaders, the sweep and the reports."""
+"""The eval_sparse.py job: every check first, then the model, loaders, the sweep and the reports.
+
+Under torchrun the items of the sweep are split over the processes (`ranks`), each process on its
+own device with the whole validation and calibration sets; rank 0 gathers the results, prints
+the progress and writes the reports.
+"""
 from __future__ import annotations
 
 import os
+import sys
 
-import numpy as np
 import torch
+from torch import nn
 
-from ..config import UsageError, num_classes as config_num_classes
-from ..data.decode_choice import decode_problem
+from ..config import UsageError
 from ..data.threads import loader_threads, thread_summary
-from ..models import available_models, get_model
+from ..models import get_model
+from ..runtime.dist import Context, all_sum, setup, teardown
 from ..safe_load import UnsafeFile
-from ..runtime.dist import resolve_device
-from ..sparsity.masks import parse_pattern
-from .checkpoints import CheckpointError, check_fits, load_state_dict
+from . import run_settings
+from .checkpoints import CheckpointError, check_fits, load_checkpoint
+from .checks import calibration_indices, check_arguments, check_model_and_data
+from .datasets import upsampling_warning
+from .points import Item, SweepSettings, measure, rows_of, work_items
+from .ranks import run_split
 from .report import text_table, write_reports
-from .points import SweepSettings, sweep_checkpoint, targets
-
-METHODS = ("global", "uniform", "nm")
 
 
-def _momentum(text: str) -> float | None:
-    if text.strip().lower() == "cumulative":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"--bnt.momentum={text!r}: a number in (0, 1] or 'cumulative'") from None
-    if not 0 < value <= 1:
-        raise UsageError(f"--bnt.momentum={text!r}: a number in (0, 1] or 'cumulative'")
-    return value
-
-
-def _labels_of(path: str) -> np.ndarray:
-    from ffcv.reader import Reader
-    reader = Reader(path)
-    position = list(reader.handlers).index("label")
-    return np.asarray(reader.metadata[f"f{position}"])
-
-
-def check(cfg: dict):
-    """All refusals, before any work. Returns (points, labels, momentum, num_classes)."""
-    e, d, p, b = cfg["eval"], cfg["data"], cfg["prune"], cfg["bnt"]
-    problem = decode_problem(d["decode"], "--eval.device", e["device"])
-    if problem:
-        raise UsageError(problem)
-    for method in p["method"]:
-        if method not in METHODS:
-            raise UsageError(f"--prune.method={method!r}: must be one of {', '.join(METHODS)}")
-    bad = [s for s in p["sparsities"] if not 0 <= s < 1]
-    if bad:
-        raise UsageError(f"--prune.sparsities: {bad[0]} is outside [0, 1)")
-    try:
-        patterns = [parse_pattern(x) for x in p["nm"]]
-    except ValueError as err:
-        raise UsageError(f"--prune.nm: {err}") from None
-    labels = e["labels"] or [_default_label(c) for c in e["checkpoint"]]
-    if len(labels) != len(e["checkpoint"]):
-        raise UsageError(f"--eval.labels: {len(labels)} labels for {len(e['checkpoint'])} checkpoints")
-    if len(set(labels)) != len(labels):
-        raise UsageError(f"--eval.labels: names must differ ({', '.join(labels)})")
-    if bool(d["calib_dataset"]) == bool(d["train_dataset"]):
-        raise UsageError("give exactly one of --data.calib_dataset (a calibration .beton) or "
-                         "--data.train_dataset (with --bnt.calib_size and --bnt.seed)")
-    for key in ("val_dataset", "calib_dataset", "train_dataset"):
-        if d[key] and not os.path.isfile(d[key]):
-            raise UsageError(f"--data.{key}={d[key]}: no such file (write it with write_datasets.py)")
-    if cfg["model"]["arch"] not in available_models():
-        raise UsageError(f"--model.arch={cfg['model']['arch']!r}: unknown model")
-    momentum = _momentum(b["momentum"])
-    num_classes = config_num_classes(cfg["model"]["num_classes"], cfg["data"]["val_dataset"])
-    top = int(_labels_of(d["val_dataset"]).max())
-    if top >= num_classes:
-        raise UsageError(f"{d['val_dataset']}: holds label {top} but the model has {num_classes} "
-                         "classes; check --model.num_classes")
-    return targets(p["method"], p["sparsities"], patterns), labels, momentum, num_classes
-
-
-def _default_label(path: str) -> str:
-    name = os.path.splitext(os.path.basename(path))[0]
-    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    return f"{parent}/{name}" if name in ("final_weights", "checkpoint_last") and parent else name
-
-
-def _load_all(cfg, model) -> list[dict]:
-    states = []
+def _load_all(cfg: dict) -> list:
+    checkpoints = []
     for path in cfg["eval"]["checkpoint"]:
         try:
-            state = load_state_dict(path, trusted=cfg["eval"]["trust_checkpoint"])
-            check_fits(model, state, path, cfg["model"]["arch"])
+            checkpoints.append(load_checkpoint(path, trusted=cfg["eval"]["trust_checkpoint"]))
         except CheckpointError as err:
             raise UsageError(str(err)) from None
         except UnsafeFile as err:
             raise UsageError(err.explain("--eval.trust_checkpoint=1")) from None
-        states.append(state)
-    return states
+    return checkpoints
 
 
-def _calibration_indices(cfg) -> np.ndarray | None:
-    d, b = cfg["data"], cfg["bnt"]
-    if d["calib_dataset"]:
-        return None
-    n = len(_labels_of(d["train_dataset"]))
-    if b["calib_size"] > n:
-        raise UsageError(f"--bnt.calib_size={b['calib_size']} but {d['train_dataset']} holds {n} images")
-    return np.sort(np.random.default_rng(b["seed"]).choice(n, b["calib_size"], replace=False))
+def _with_run_settings(cfg: dict, checkpoints: list, given: set[str]) -> tuple[dict, str | None]:
+    """`cfg` with the training runs' model and data settings where the user gave none."""
+    trusted = cfg["eval"]["trust_checkpoint"]
+    runs = [run_settings.run_config(path, checkpoint.config, trusted)
+            for path, checkpoint in zip(cfg["eval"]["checkpoint"], checkpoints)]
+    taken, note = run_settings.infer(runs, given)
+    return run_settings.apply(cfg, taken), note
+
+
+def build_model(cfg: dict, num_classes: int, device: torch.device) -> nn.Module:
+    """The model every point is measured on (the one place to wrap it, e.g. for compilation)."""
+    model = get_model(cfg["model"]["arch"], num_classes, cfg["model"]["blurpool"])
+    return model.to(device, memory_format=torch.channels_last)
 
 
 def _loaders(cfg: dict, device: torch.device, indices):
-    """The validation and calibration loaders; prints the thread count once."""
+    """The validation loader, and the calibration loader (None without batch-norm tuning);
+    prints the thread count once."""
     from ..data.pipelines import ImageLoader
     d, b = cfg["data"], cfg["bnt"]
     # validation and calibration loaders take turns (evaluate, tune, evaluate), never at once
@@ -118,33 +65,93 @@ def _loaders(cfg: dict, device: torch.device, indices):
     if os.environ.get("RANK", "0") == "0":  # once, also when torchrun starts several processes
         print(thread_summary(d["num_workers"]), flush=True)
     val = ImageLoader(d["val_dataset"], train=False, batch_size=cfg["eval"]["batch_size"], **common)
+    if not b["batches"]:
+        return val, None
     calib = ImageLoader(d["calib_dataset"] or d["train_dataset"], train=b["augment"],
                         batch_size=b["batch_size"], drop_last=False, seed=b["seed"],
                         indices=indices, **common)
     return val, calib
 
 
-def run_sweep(cfg: dict):
-    """Check, sweep, report. Returns (rows, output paths, printed table)."""
-    points, labels, momentum, num_classes = check(cfg)
+def _progress_line(labels: list[str], world_size: int):
+    def report(done: int, total: int, item: Item, result: dict, rank: int, seconds: float):
+        where = f", rank {rank}" if world_size > 1 else ""
+        head = f"[{done}/{total}] {labels[item.checkpoint]}"
+        point = item.target
+        if point is None:
+            text = f"{head} dense: top-1 {result['top1']:.2f}%"
+        else:
+            target = point.pattern or f"{100 * point.sparsity:g}%"
+            text = f"{head} {point.method} {target}: pruned {result['pruned_top1']:.2f}%"
+            if result["bnt_top1"] is not None:
+                text += f", + BNT {result['bnt_top1']:.2f}%"
+        print(f"{text} ({seconds:.1f} s{where})", flush=True)
+    return report
+
+
+def _decode_notes(loaders: dict, ctx: Context) -> str:
+    """Corrupt JPEGs met by the loaders of every rank (a collective: every rank calls it)."""
+    counts = all_sum([float(n) for loader in loaders.values() if loader is not None
+                      for n in (loader.decode_fallbacks, loader.decode_failures)], ctx)
+    named = [name for name, loader in loaders.items() if loader is not None]
+    notes = []
+    for i, name in enumerate(named):
+        fallbacks, failures = int(counts[2 * i]), int(counts[2 * i + 1])
+        if fallbacks or failures:
+            notes.append(f"\n{name}: {fallbacks} corrupt JPEGs decoded on the CPU, "
+                         f"{failures} unreadable (blank images)")
+    return "".join(notes)
+
+
+def run_sweep(cfg: dict, given: set[str] = frozenset()):
+    """Check, sweep, report. `given`: the keys the user set (the others may come from the
+    training runs). Returns (rows, output paths, printed table) on rank 0, None on the others."""
+    points, labels, momentum = check_arguments(cfg)
+    checkpoints = _load_all(cfg)
+    cfg, note = _with_run_settings(cfg, checkpoints, given)
+    num_classes = check_model_and_data(cfg)
+    d = cfg["data"]
+    warning = upsampling_warning(d["val_dataset"], d["style"], d["resolution"])
+    indices = calibration_indices(cfg) if cfg["bnt"]["batches"] else None
     try:
-        device = resolve_device(cfg["eval"]["device"])
+        ctx = setup(cfg["eval"]["device"], cfg["eval"]["dist_timeout"], option="--eval.device")
     except ValueError as err:
         raise UsageError(str(err)) from None
-    model = get_model(cfg["model"]["arch"], num_classes, cfg["model"]["blurpool"])
-    states = _load_all(cfg, model)
-    val, calib = _loaders(cfg, device, _calibration_indices(cfg))
-    model = model.to(device, memory_format=torch.channels_last)
+    try:
+        return _sweep(cfg, ctx, checkpoints, points, labels, momentum, num_classes, indices,
+                      note, warning)
+    finally:
+        teardown()
+
+
+def _sweep(cfg, ctx: Context, checkpoints, points, labels, momentum, num_classes, indices,
+           note, warning):
+    if ctx.is_main:
+        if note:
+            print(note, flush=True)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+    model = build_model(cfg, num_classes, ctx.device)
+    for path, checkpoint in zip(cfg["eval"]["checkpoint"], checkpoints):
+        try:
+            check_fits(model, checkpoint.state, path, cfg["model"]["arch"])
+        except CheckpointError as err:
+            raise UsageError(str(err)) from None
+    val, calib = _loaders(cfg, ctx.device, indices)
     settings = SweepSettings(
-        bnt_batches=cfg["bnt"]["batches"], bnt_momentum=momentum,
-        amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
+        bnt_batches=cfg["bnt"]["batches"], bnt_momentum=momentum, bnt_seed=cfg["bnt"]["seed"],
+        amp_dtype=torch.bfloat16 if ctx.device.type == "cuda" else None, progress=ctx.is_main,
         save_pruned_dir=os.path.join(cfg["out"]["dir"], "pruned") if cfg["out"]["save_pruned"] else None)
-    rows = []
-    for label, path, state in zip(labels, cfg["eval"]["checkpoint"], states):
-        rows += sweep_checkpoint(label, path, model, state, val, calib, points, settings, device)
+    items = work_items(len(checkpoints), points)
+
+    def measure_item(item: Item) -> dict:
+        return measure(item, labels[item.checkpoint], model, checkpoints[item.checkpoint].state,
+                       val, calib, settings, ctx.device)
+
+    results = run_split(items, measure_item, ctx, _progress_line(labels, ctx.world_size))
+    notes = _decode_notes({"validation": val, "calibration": calib}, ctx)
+    if not ctx.is_main:
+        return None
+    rows = rows_of(items, results, labels, cfg["eval"]["checkpoint"])
     paths = write_reports(rows, cfg["out"]["dir"])
-    notes = [f"\n{name}: {loader.decode_fallbacks} corrupt JPEGs decoded on the CPU, "
-             f"{loader.decode_failures} unreadable (blank images)"
-             for name, loader in (("validation", val), ("calibration", calib))
-             if loader.decode_fallbacks or loader.decode_failures]
-    return rows, paths, text_table(rows) + "".join(notes)
+    return rows, paths, text_table(rows) + notes
