@@ -72,9 +72,9 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _fail(message: str, code: int = EXIT_USAGE):
-    """Under torchrun every process meets the same mistake: rank 0 says it."""
-    if os.environ.get("RANK", "0") != "0":
+def _fail(message: str, code: int = EXIT_USAGE, same_on_every_rank: bool = False):
+    """A mistake that every torchrun process meets alike is said by rank 0 alone."""
+    if same_on_every_rank and os.environ.get("RANK", "0") != "0":
         sys.exit(code)
     fail(message, code)
 
@@ -86,9 +86,9 @@ def main(argv=None) -> int:
         from ffcv_cram.sweep.job import run_sweep  # torch, ffcv: after the arguments parse
         done = run_sweep(cfg, given_keys())
     except (UsageError, WriteError) as err:
-        _fail(str(err))
+        _fail(str(err), same_on_every_rank=getattr(err, "same_on_every_rank", False))
     except KeyboardInterrupt:
-        _fail("interrupted; results are written only when the sweep completes", 130)
+        fail("interrupted; results are written only when the sweep completes", 130)
     if done is None:  # a torchrun process other than rank 0: rank 0 reports
         return 0
     rows, paths, table = done

@@ -106,13 +106,17 @@ def _decode_notes(loaders: dict, ctx: Context) -> str:
 def run_sweep(cfg: dict, given: set[str] = frozenset()):
     """Check, sweep, report. `given`: the keys the user set (the others may come from the
     training runs). Returns (rows, output paths, printed table) on rank 0, None on the others."""
-    points, labels, momentum = check_arguments(cfg)
-    checkpoints = _load_all(cfg)
-    cfg, note = _with_run_settings(cfg, checkpoints, given)
-    num_classes = check_model_and_data(cfg)
-    d = cfg["data"]
-    warning = upsampling_warning(d["val_dataset"], d["style"], d["resolution"])
-    indices = calibration_indices(cfg) if cfg["bnt"]["batches"] else None
+    try:
+        points, labels, momentum = check_arguments(cfg)
+        checkpoints = _load_all(cfg)
+        cfg, note = _with_run_settings(cfg, checkpoints, given)
+        num_classes = check_model_and_data(cfg)
+        d = cfg["data"]
+        warning = upsampling_warning(d["val_dataset"], d["style"], d["resolution"])
+        indices = calibration_indices(cfg) if cfg["bnt"]["batches"] else None
+    except UsageError as err:
+        err.same_on_every_rank = True  # the same inputs in every torchrun process
+        raise
     try:
         ctx = setup(cfg["eval"]["device"], cfg["eval"]["dist_timeout"], option="--eval.device")
     except ValueError as err:
