@@ -4,7 +4,11 @@
         --eval.labels=CrAM+,SGD --model.arch=resnet50 --data.val_dataset=val.beton \
         --data.calib_dataset=calib_1000.beton --prune.method=global,nm \
         --prune.sparsities=0.5,0.7,0.8,0.9 --prune.nm=2:4,4:8 --out.dir=sweeps/rn50
+    torchrun --standalone --nproc_per_node=8 eval_sparse.py ...   (the points split over 8 GPUs)
+
+Model and data settings not given are taken from the checkpoint's training run (its config.json).
 """
+import os
 import signal
 import sys
 
@@ -12,7 +16,8 @@ from fastargs import Param, Section
 from fastargs.validation import OneOf
 
 from ffcv_cram.atomic import WriteError
-from ffcv_cram.config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
+from ffcv_cram.config import (EXIT_USAGE, FloatList, Flag, IntRange, StrList, UsageError, fail,
+                              given_keys, parse)
 from ffcv_cram.data.decode_choice import DECODES
 
 Section("eval", "checkpoints and evaluation").params(
@@ -22,8 +27,10 @@ Section("eval", "checkpoints and evaluation").params(
     device=Param(OneOf(["auto", "cpu", "cuda"]), "auto: cuda when available", default="auto"),
     trust_checkpoint=Param(Flag(), "load checkpoints that need full unpickling, which can run code "
                            "they carry: only for files you trust", default=False),
+    dist_timeout=Param(IntRange(1), "torchrun: seconds a process waits for the others (start-up, "
+                       "then each round of points: about one point's time)", default=1800),
 )
-Section("model", "architecture").params(
+Section("model", "architecture (unset: from the checkpoint's training run, when it has one)").params(
     arch=Param(str, "resnet50, resnet20, ... (as for training)", default="resnet50"),
     num_classes=Param(IntRange(0), "0: from <val_dataset>.classes.json", default=0),
     blurpool=Param(Flag(), "the checkpoint was trained with --model.blurpool=1", default=False),
@@ -32,8 +39,10 @@ Section("data", "datasets").params(
     val_dataset=Param(str, "validation .beton", required=True),
     calib_dataset=Param(str, "calibration .beton (e.g. write_datasets.py --cfg.calibration)", default=""),
     train_dataset=Param(str, "or: training .beton to draw --bnt.calib_size images from", default=""),
-    style=Param(OneOf(["imagenet", "cifar"]), "pipeline style", default="imagenet"),
-    resolution=Param(IntRange(1), "imagenet style: evaluation and calibration resolution", default=224),
+    style=Param(OneOf(["imagenet", "cifar"]), "pipeline style (unset: the training run's)",
+                default="imagenet"),
+    resolution=Param(IntRange(1), "imagenet style: evaluation and calibration resolution (unset: "
+                     "the training run's validation resolution)", default=224),
     num_workers=Param(IntRange(0), "threads per loader (0: usable cores / processes per node)", default=0),
     in_memory=Param(Flag(), "keep the datasets in the OS page cache", default=True),
     decode=Param(OneOf(DECODES), "JPEG decode + augmentation: cpu (FFCV) | gpu (nvJPEG) | "
@@ -45,7 +54,8 @@ Section("prune", "one-shot pruning").params(
     nm=Param(StrList(), "N:M patterns for method nm", default="2:4"),
 )
 Section("bnt", "batch-norm tuning").params(
-    batches=Param(IntRange(1), "calibration batches (reference: 100)", default=100),
+    batches=Param(IntRange(0), "calibration batches (reference: 100; 0: no batch-norm tuning, "
+                  "no calibration data)", default=100),
     batch_size=Param(IntRange(1), "calibration batch size (reference: 128)", default=128),
     augment=Param(Flag(), "train-time augmentation on calibration images (reference: on)", default=True),
     momentum=Param(str, "BN momentum: a number (reference 0.1) or 'cumulative'", default="0.1"),
@@ -62,16 +72,26 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _fail(message: str, code: int = EXIT_USAGE, same_on_every_rank: bool = False):
+    """A mistake that every torchrun process meets alike is said by rank 0 alone."""
+    if same_on_every_rank and os.environ.get("RANK", "0") != "0":
+        sys.exit(code)
+    fail(message, code)
+
+
 def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     cfg = parse(__doc__.splitlines()[0], argv)
     try:
-        from ffcv_cram.sparsity.job import run_sweep  # torch, ffcv: after the arguments parse
-        rows, paths, table = run_sweep(cfg)
+        from ffcv_cram.sweep.job import run_sweep  # torch, ffcv: after the arguments parse
+        done = run_sweep(cfg, given_keys())
     except (UsageError, WriteError) as err:
-        fail(str(err))
+        _fail(str(err), same_on_every_rank=getattr(err, "same_on_every_rank", False))
     except KeyboardInterrupt:
         fail("interrupted; results are written only when the sweep completes", 130)
+    if done is None:  # a torchrun process other than rank 0: rank 0 reports
+        return 0
+    rows, paths, table = done
     print(table)
     print(f"results: {paths['json']}, {paths['csv']}\nplot: {paths['png']}")
     return 0

@@ -17,7 +17,7 @@ from ffcv_cram.data.convert import convert
 from ffcv_cram.data.pipelines import ImageLoader
 from ffcv_cram.data.synthetic import generate
 from ffcv_cram.models import get_model
-from ffcv_cram.sparsity.sweep import SweepSettings, sweep_checkpoint, targets
+from ffcv_cram.sweep.points import SweepSettings, sweep_checkpoint, targets
 
 from common import save_result, table
 

@@ -196,3 +196,9 @@ def num_classes(given: int, dataset: str, option: str = "--model.num_classes") -
     if not Path(classes).is_file():
         raise UsageError(f"{option} not given and {classes} not found; pass it explicitly")
     return len(json.loads(Path(classes).read_text()))
+
+
+def given_keys() -> set[str]:
+    """'section.key' of every value the user gave (command line or --config-file) in the last
+    `parse`, as opposed to a default: run-aware defaults may fill in only the others."""
+    return {".".join(path) for path in get_current_config().content}

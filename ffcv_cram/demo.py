@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import shutil
 import subprocess
@@ -33,20 +32,16 @@ def _run(argv: list[str], log) -> None:
     print(f"\n$ {shown}", flush=True)
     log.write(f"$ {shown}\n")
     log.flush()
-    proc = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log.write(proc.stdout)
-    kept = [line for line in proc.stdout.splitlines() if _worth_showing(line)]
+    # bytes, not text: the log keeps the output exactly as written (text mode would turn a
+    # progress bar's carriage returns into line ends). Into a pipe, our progress comes as plain
+    # lines (ffcv_cram.progress), so there are no bar frames to filter out.
+    proc = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = proc.stdout.decode(errors="replace")
+    log.write(output)
+    kept = [line for line in output.split("\n") if line.strip()]
     print("\n".join(kept[-25:]), flush=True)
     if proc.returncode != 0:
         sys.exit(f"demo step failed (exit {proc.returncode}); full output in {log.name}")
-
-
-_PROGRESS = re.compile(r"\d+%\||\d+/\d+ \[")  # a tqdm frame: "42%|" or "21/23 ["
-
-
-def _worth_showing(line: str) -> bool:
-    """Progress-bar frames are for terminals; the log keeps everything."""
-    return bool(line.strip()) and not _PROGRESS.search(line)
 
 
 def main(argv=None) -> int:
@@ -61,7 +56,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True)
     py = sys.executable
     start = time.perf_counter()
-    with open(out / "demo.log", "w") as log:
+    with open(out / "demo.log", "w", newline="") as log:
         _run([py, "-m", "ffcv_cram.data.synthetic", "--out", str(out / "shapes"),
               "--classes", str(size["classes"]), "--train-per-class", str(size["train_per_class"]),
               "--val-per-class", str(size["val_per_class"]), "--size", "32"], log)

@@ -1,5 +1,9 @@
-"""Test environment: offline wandb, Triton kernels in the CPU interpreter, deterministic torch."""
+"""Test environment: offline wandb, Triton kernels in the CPU interpreter, deterministic torch; the
+reduced demo (real datasets and training runs), shared by the tests of eval_sparse.py."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch  # does not import triton
@@ -24,3 +28,16 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "cuda" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The demo's whole pipeline in a reduced size (this is also the demo's own test): generated
+    data, two real training runs (runs/cram, runs/sgd) and a sweep. Returns (folder, stdout)."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("demo") / "out"
+    proc = subprocess.run([sys.executable, "-m", "ffcv_cram.demo", "--quick", "--out", str(out),
+                           "--device", "cpu"], capture_output=True, text=True, timeout=1200,
+                          cwd=root, env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout

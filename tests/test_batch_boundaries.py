@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ffcv_cram.data.pipelines import ImageLoader
-from ffcv_cram.train.evaluate import evaluate
+from ffcv_cram.runtime.evaluate import evaluate
 from indexed import IndexOracle, expected_top1, sample_index, write_indexed
 
 N = 13  # prime: most batch sizes leave a remainder

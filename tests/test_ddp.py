@@ -10,8 +10,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ffcv_cram import TopkCrAM, disable_running_stats, enable_running_stats
 from ffcv_cram.data.pipelines import ImageLoader
-from ffcv_cram.train.dist import Context, broadcast_buffers
-from ffcv_cram.train.evaluate import evaluate
+from ffcv_cram.runtime.dist import Context, broadcast_buffers
+from ffcv_cram.runtime.evaluate import evaluate
 from indexed import IndexOracle, expected_top1, write_indexed
 from nets import SmallConvNet, batch
 

@@ -1,4 +1,5 @@
-"""eval_sparse.py and the demo: sweep outputs, checkpoint formats, refusals, BNT's effect."""
+"""eval_sparse.py and the demo (fixture `demo`, in conftest.py): sweep outputs, checkpoint formats,
+refusals, BNT's effect."""
 import csv
 import json
 import os
@@ -14,8 +15,8 @@ from ffcv_cram.data.convert import convert
 from ffcv_cram.data.pipelines import ImageLoader
 from ffcv_cram.data.synthetic import generate
 from ffcv_cram.models import get_model
+from ffcv_cram.runtime.evaluate import evaluate
 from ffcv_cram.sparsity import prune_model, tune_batchnorm
-from ffcv_cram.train.evaluate import evaluate
 from ffcv_cram.train.schedule import lr_at
 from ffcv_cram.train.step import TrainStep, make_optimizer
 from indexed import write_indexed
@@ -27,17 +28,6 @@ ENV = {**os.environ, "WANDB_MODE": "offline"}
 def eval_sparse(*argv, timeout=600):
     return subprocess.run([sys.executable, str(ROOT / "eval_sparse.py"), *argv], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, env=ENV)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo's whole pipeline in a reduced size (this is also the demo's own test)."""
-    out = tmp_path_factory.mktemp("demo") / "out"
-    proc = subprocess.run([sys.executable, "-m", "ffcv_cram.demo", "--quick", "--out", str(out),
-                           "--device", "cpu"], capture_output=True, text=True, timeout=1200,
-                          cwd=ROOT, env=ENV)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc.stdout
 
 
 @pytest.mark.slow
@@ -64,6 +54,9 @@ def test_demo_outputs_agree_with_the_printed_table(demo):
     image.verify()
     assert image.format == "PNG"
     assert "$ python train_cifar.py" in stdout and "plot:" in stdout
+    # every command's output (writer, trainers, sweep) went to a pipe: no progress-bar frames
+    log = (out / "demo.log").read_bytes()
+    assert b"\r" not in log and b"$ python eval_sparse.py" in log
 
 
 @pytest.mark.slow

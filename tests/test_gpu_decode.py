@@ -155,7 +155,7 @@ def corrupt(path, out):
 
 
 def test_corrupt_jpegs_fall_back_and_are_counted(betons, tmp_path):
-    from ffcv_cram.train.dist import Context
+    from ffcv_cram.runtime.dist import Context
     from ffcv_cram.train.loop import _decode_counts, _decode_record, _print_epoch
     path = corrupt(betons["jpg"], tmp_path / "corrupt.beton")
     loader = ImageLoader(path, train=False, batch_size=8, resolution=16, num_workers=1,

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch.distributed as dist
 
-from ffcv_cram.train import group_store as gs
+from ffcv_cram.runtime import group_store as gs
 
 TIMEOUT = datetime.timedelta(seconds=30)
 

@@ -79,13 +79,14 @@ def _eval_cfg(num_workers):
     return {"data": {"style": "cifar", "resolution": 32, "num_workers": num_workers,
                      "in_memory": True, "decode": "cpu", "val_dataset": "v.beton",
                      "calib_dataset": "c.beton", "train_dataset": ""},
-            "bnt": {"augment": True, "batch_size": 8, "seed": 0}, "eval": {"batch_size": 8}}
+            "bnt": {"augment": True, "batch_size": 8, "seed": 0, "batches": 1},
+            "eval": {"batch_size": 8}}
 
 
 @pytest.mark.parametrize("given,want", [(0, 4), (3, 3)])
 def test_eval_sparse_loaders_get_the_rule_or_the_users_choice(machine, capsys, given, want):
     from ffcv_cram.data import pipelines
-    from ffcv_cram.sparsity import job
+    from ffcv_cram.sweep import job
     machine.setattr(pipelines, "ImageLoader", Recorder)
     machine.setenv("LOCAL_WORLD_SIZE", "2")
     Recorder.built = []
@@ -100,7 +101,7 @@ def test_eval_sparse_loaders_get_the_rule_or_the_users_choice(machine, capsys, g
 @pytest.mark.parametrize("given,want", [(0, 2), (5, 5)])
 def test_trainer_loaders_get_the_rule_or_the_users_choice(machine, capsys, given, want):
     from ffcv_cram.train import loop
-    from ffcv_cram.train.dist import Context
+    from ffcv_cram.runtime.dist import Context
     machine.setattr(loop, "ImageLoader", Recorder)
     machine.setenv("LOCAL_WORLD_SIZE", "4")
     cfg = {"data": {"num_workers": given, "in_memory": True, "decode": "cpu", "order": "random",

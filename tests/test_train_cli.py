@@ -17,9 +17,9 @@ from ffcv_cram.data.synthetic import generate
 from ffcv_cram.models import get_model
 from ffcv_cram.config import UsageError
 from ffcv_cram.train.checkpoint import load_checkpoint
-from ffcv_cram.train.dist import Context
+from ffcv_cram.runtime.dist import Context
 from ffcv_cram.train.epoch_so_far import EpochSoFar
-from ffcv_cram.train.evaluate import evaluate
+from ffcv_cram.runtime.evaluate import evaluate
 from ffcv_cram.train.loop import _resume_point
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,8 +29,8 @@ from ffcv.fields.rgb_image import resizer
 from ffcv.memory_allocator import MemoryAllocator
 from ffcv.types import (ALLOC_TABLE_TYPE, CURRENT_VERSION, TYPE_ID_HANDLER, FieldDescType,
                         HeaderType, get_metadata_type)
-from tqdm.auto import tqdm
 
+from ..progress import bar as progress_bar
 from .encoding import Encoding
 from .images import BadImage
 
@@ -174,7 +174,7 @@ def write_beton(path: str, source, indices, encoding: Encoding, num_workers: int
     shm = shared_memory.SharedMemory(create=True, size=max(1, n * metadata_dtype.itemsize))
     ctx = _context()
     workers: list = []
-    bar = tqdm(total=n, desc=f"writing {os.path.basename(path)}", unit="img", disable=not progress)
+    bar = progress_bar(n, f"writing {os.path.basename(path)}", enabled=progress, unit="img")
     try:
         allocator = MemoryAllocator(tmp, metadata_start + n * metadata_dtype.itemsize, page_size)
         jobs, events, done = ctx.Queue(), ctx.Queue(), ctx.Value("Q", 0)

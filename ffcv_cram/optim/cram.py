@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..sparsity.masks import (check_nm, check_sparsity, compress_, nm_groupable, nm_masks,
-                              selection_groups)
+from ..sparsity.masks import (check_sparsity, compress_, nm_groupable, nm_masks,
+                              parse_pattern, selection_groups)
 from .two_pass import TwoPassOptimizer
 
 
@@ -192,18 +192,6 @@ class TopkCrAM(_CompressedTwoPass):
             groups.append(-1 if mask is None else next(selected))
         perturb_and_select(moved, perturbation, groups, counts, masks)
         return masks
-
-
-def parse_pattern(pattern) -> tuple[int, int]:
-    """(N, M) from a pair or an 'N:M' string."""
-    if isinstance(pattern, str):
-        try:
-            n, m = (int(x) for x in pattern.split(":"))
-        except ValueError:
-            raise ValueError(f"pattern {pattern!r}: expected 'N:M', e.g. '2:4'") from None
-        return check_nm(n, m)
-    n, m = pattern
-    return check_nm(n, m)
 
 
 class NMTopkCrAM(_CompressedTwoPass):

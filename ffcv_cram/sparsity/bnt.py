@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from tqdm.auto import tqdm
+
+from ..progress import bar as progress_bar
 
 
 def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
@@ -43,7 +44,7 @@ def tune_batchnorm(model: nn.Module, batches: Iterable, num_batches: int = 100,
     used = 0
     autocast = (torch.autocast(torch.device(device or "cpu").type, dtype=autocast_dtype)
                 if autocast_dtype is not None else contextlib.nullcontext())
-    bar = tqdm(total=num_batches, desc="BN tuning", disable=not progress, leave=False)
+    bar = progress_bar(num_batches, "BN tuning", enabled=progress, unit="batches")
     try:
         with autocast:
             while used < num_batches:

@@ -69,6 +69,18 @@ def check_nm(n: int, m: int) -> tuple[int, int]:
     return int(n), int(m)
 
 
+def parse_pattern(pattern) -> tuple[int, int]:
+    """(N, M) from a pair or an 'N:M' string."""
+    if isinstance(pattern, str):
+        try:
+            n, m = (int(x) for x in pattern.split(":"))
+        except ValueError:
+            raise ValueError(f"pattern {pattern!r}: expected 'N:M', e.g. '2:4'") from None
+        return check_nm(n, m)
+    n, m = pattern
+    return check_nm(n, m)
+
+
 def magnitude_keys(t: torch.Tensor) -> torch.Tensor:
     """Integer keys ordered like |t| (the bit pattern of |t|; -0.0 and +0.0 share key 0)."""
     if t.dtype not in _KEY_DTYPE:

@@ -127,7 +127,7 @@ def check(cfg: dict, style: str) -> None:
         raise UsageError(f"--model.arch={cfg['model']['arch']!r}: unknown model")
     if not all(0 <= s < 1 for s in c["sparsities"]):
         raise UsageError(f"--cram.sparsities={c['sparsities']}: each must be in [0, 1)")
-    from ..optim.cram import parse_pattern
+    from ..sparsity.masks import parse_pattern
     try:
         for p in c["patterns"]:
             parse_pattern(p)
@@ -168,7 +168,7 @@ def main(style: str, description: str, defaults: dict, argv=None) -> int:
     try:
         check(cfg, style)
         from .loop import run  # torch and ffcv: imported once the arguments are known to be valid
-        from .dist import is_main_process
+        from ..runtime.dist import is_main_process
         record = run(cfg, style)
     except (UsageError, WriteError) as err:
         fail(str(err))

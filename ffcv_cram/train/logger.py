@@ -5,9 +5,8 @@ import json
 import os
 import secrets
 
-from tqdm.auto import tqdm
-
 from ..atomic import write_text
+from ..progress import bar as progress_bar
 
 
 class RunLogger:
@@ -39,8 +38,7 @@ class RunLogger:
         write_text(self.log_path, "".join(lines))
 
     def bar(self, total: int, desc: str, initial: int = 0):
-        return tqdm(total=total, desc=desc, initial=initial, leave=False, disable=not self.is_main,
-                    dynamic_ncols=True)
+        return progress_bar(total, desc, initial=initial, enabled=self.is_main, unit="steps")
 
     def log_epoch(self, record: dict) -> None:
         if not self.is_main:

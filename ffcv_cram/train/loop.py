@@ -23,13 +23,13 @@ from ..data.pipelines import ImageLoader, LoaderError
 from ..data.threads import loader_threads, local_processes, thread_summary, usable_cores
 from ..models import get_model
 from ..models.compiled import compile_model, compile_problem
+from ..runtime.dist import Context, all_gather_str, all_sum, broadcast_buffers, setup, teardown
+from ..runtime.evaluate import evaluate
 from ..safe_load import UnsafeFile
 from . import checkpoint as ckpt
 from .compile_clock import CompileClock
-from .dist import Context, all_gather_str, all_sum, broadcast_buffers, setup, teardown
 from .epoch_so_far import EpochSoFar
 from .epoch_totals import EpochTotals
-from .evaluate import evaluate
 from .logger import RunLogger
 from .schedule import lr_at, resolution_at
 from .step import TrainStep, make_optimizer, parameter_groups

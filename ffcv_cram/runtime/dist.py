@@ -33,23 +33,25 @@ def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "--training.device") -> torch.device:
+    """`option`: the command-line key that chose `name`, for the error message."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--training.device=cuda but no CUDA device is visible; use cpu or auto")
+        raise ValueError(f"{option}=cuda but no CUDA device is visible; use cpu or auto")
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"--training.device={name!r}: must be cpu, cuda or auto")
+        raise ValueError(f"{option}={name!r}: must be cpu, cuda or auto")
     return torch.device(name)
 
 
-def setup(device_name: str = "auto", timeout_s: float = 600) -> Context:
+def setup(device_name: str = "auto", timeout_s: float = 600,
+          option: str = "--training.device") -> Context:
     """Join the process group when launched by torchrun (NCCL on GPUs, gloo on the CPU).
 
     `timeout_s` bounds every wait for the other ranks, at start-up and in each collective: a rank
     whose peer died without closing its connections (a lost node) fails after it, and torchrun
     can restart the group, instead of hanging."""
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, option)
     if not launched_by_torchrun():
         return Context(device=device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -88,6 +90,11 @@ def all_sum(values: list[float], ctx: Context) -> list[float]:
 
 def all_gather_str(value: str, ctx: Context) -> list[str]:
     """Every rank's `value`, in rank order."""
+    return all_gather(value, ctx)
+
+
+def all_gather(value, ctx: Context) -> list:
+    """Every rank's `value` (anything picklable), in rank order."""
     if not ctx.distributed:
         return [value]
     values: list = [None] * ctx.world_size

@@ -10,6 +10,7 @@ user trusts it.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,9 +31,16 @@ def _strip(state: dict) -> dict:
     return state
 
 
-def load_state_dict(path: str, trusted: bool = False) -> dict:
-    """The model's state_dict from `path`, whatever the format (see the module doc). Raises
-    UnsafeFile for a file that needs full unpickling, unless `trusted`."""
+@dataclass
+class Checkpoint:
+    state: dict  # the model's state_dict, wrapper prefixes removed
+    config: dict | None  # the training run's configuration, when the file holds one (ours do)
+
+
+def load_checkpoint(path: str, trusted: bool = False) -> Checkpoint:
+    """The weights in `path`, whatever the format (see the module doc), and the configuration of
+    the run that wrote it if the file carries one. Raises UnsafeFile for a file that needs full
+    unpickling, unless `trusted`."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -41,6 +49,16 @@ def load_state_dict(path: str, trusted: bool = False) -> dict:
         raise
     except Exception as err:  # pickle, zip and torch errors all mean "not a checkpoint"
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__})") from None
+    config = obj.get("config") if isinstance(obj, dict) else None
+    return Checkpoint(_state_dict(obj, path), config if isinstance(config, dict) else None)
+
+
+def load_state_dict(path: str, trusted: bool = False) -> dict:
+    """The model's state_dict from `path` (see `load_checkpoint`)."""
+    return load_checkpoint(path, trusted).state
+
+
+def _state_dict(obj, path: str) -> dict:
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if not isinstance(obj, dict):

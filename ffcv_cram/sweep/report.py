@@ -63,13 +63,16 @@ def plot(rows: list[dict], path: str) -> None:
             xs = [100 * r["sparsity"] for r in curve]
             ax.plot(xs, [r["pruned_top1"] for r in curve], "--o", color=color, markersize=4,
                     label=f"{label} pruned")
-            ax.plot(xs, [r["bnt_top1"] for r in curve], "-o", color=color, markersize=5,
-                    label=f"{label} pruned + BNT")
+            if curve[0]["bnt_top1"] is not None:  # None: swept without batch-norm tuning
+                ax.plot(xs, [r["bnt_top1"] for r in curve], "-o", color=color, markersize=5,
+                        label=f"{label} pruned + BNT")
         for r in (r for r in mine if r["pattern"] is not None):
             ax.plot([100 * r["sparsity"]], [r["pruned_top1"]], "x", color=color, markersize=8)
-            ax.plot([100 * r["sparsity"]], [r["bnt_top1"]], "*", color=color, markersize=11)
-            ax.annotate(r["pattern"], (100 * r["sparsity"], r["bnt_top1"]), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
+            if r["bnt_top1"] is not None:
+                ax.plot([100 * r["sparsity"]], [r["bnt_top1"]], "*", color=color, markersize=11)
+            top = r["pruned_top1"] if r["bnt_top1"] is None else r["bnt_top1"]
+            ax.annotate(r["pattern"], (100 * r["sparsity"], top), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
     ax.set_xlabel("sparsity (%)  [x / *: N:M pruned / + BNT]")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("One-shot pruning")

@@ -5,8 +5,7 @@ import contextlib
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
+from ..progress import track
 from .dist import Context, all_sum
 
 
@@ -39,7 +38,7 @@ def evaluate(model: nn.Module, loader, ctx: Context | None = None,
                 else contextlib.nullcontext())
     totals = None  # top1, top5, loss sum: on the device, read once at the end
     samples = 0  # counted on the host: no per-batch transfer
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not (progress and ctx.is_main)):
+    for x, y in track(loader, desc, enabled=progress and ctx.is_main, unit="batches"):
         y = y.reshape(-1)
         with autocast:
             logits = model(x)
