@@ -21,6 +21,7 @@ from ffcv_cram.sparsity import prune_model, tune_batchnorm
 from ffcv_cram.train.checkpoint import plain_state_dict
 from ffcv_cram.train.step import TrainStep, make_optimizer
 from nets import SmallConvNet, batch
+from test_train_step import InjectInf
 
 METHODS = ["sgd", "sam", "cram", "cram_nm"]
 
@@ -37,10 +38,11 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def make_step(method, model, compiled, workers=None):
+def make_step(method, model, compiled, workers=None, amp="none"):
     opt = make_optimizer(method, model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
                          rho=0.05, sparsities=(0.5, 0.7, 0.9), seed=3)
-    return TrainStep(compile_model(model, workers=workers) if compiled else model, opt, method)
+    net = compile_model(model, workers=workers) if compiled else model
+    return TrainStep(net, opt, method, amp)
 
 
 def record_masks(optimizer) -> list:
@@ -85,6 +87,27 @@ def test_compiled_steps_equal_eager_and_compile_once(method, fresh_dynamo):
     for step_a, step_b in zip(eager_masks, compiled_masks):
         for m, n in zip(step_a, step_b):
             assert (m is None and n is None) or torch.equal(m, n)
+
+
+def test_fp16_with_loss_scaling_under_compile(fresh_dynamo):
+    """The GradScaler path is the eager one: same losses, same scale, same skipped step."""
+    torch.manual_seed(0)
+    eager_model = SmallConvNet()
+    compiled_model = copy.deepcopy(eager_model)
+    steps = [make_step("cram", eager_model, False, amp="fp16"),
+             make_step("cram", compiled_model, True, amp="fp16")]
+    skipped = []
+    for i in range(5):
+        if i == 3:  # an overflow in the second pass of this step
+            for model in (eager_model, compiled_model):
+                InjectInf(model.fc.weight, on_call=2)
+        a, b = (step(*data(i)) for step in steps)
+        torch.testing.assert_close(b.loss, a.loss, rtol=2e-3, atol=2e-3)
+        assert a.skipped == b.skipped
+        assert steps[0].scaler.get_scale() == steps[1].scaler.get_scale()
+        skipped.append(a.skipped)
+    assert skipped[3] and not skipped[4]  # the injected overflow (step 1 overflows by itself)
+    assert graph_count() == 2
 
 
 def test_frozen_pass_leaves_running_stats_unchanged_under_compile(fresh_dynamo):
