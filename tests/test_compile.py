@@ -170,15 +170,18 @@ def test_plain_module_and_state_dicts_have_no_wrapper_prefixes():
         compile_model(model, "reduce-overhead")
 
 
-def test_graphs_beyond_dynamos_limit_raise_it():
-    limit = torch._dynamo.config.cache_size_limit
-    try:
-        compile_model(SmallConvNet(), graphs=limit)
-        assert torch._dynamo.config.cache_size_limit == limit
-        compile_model(SmallConvNet(), graphs=limit + 2)
-        assert torch._dynamo.config.cache_size_limit == limit + 2
-    finally:
-        torch._dynamo.config.cache_size_limit = limit
+def test_graph_limit_and_compile_workers(monkeypatch):
+    import torch._inductor.config as inductor_config
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    monkeypatch.setattr(inductor_config, "compile_threads", inductor_config.compile_threads)
+    monkeypatch.setattr(torch._dynamo.config, "cache_size_limit", 8)
+    compile_model(SmallConvNet(), graphs=8, workers=1)
+    assert torch._dynamo.config.cache_size_limit == 8 and inductor_config.compile_threads == 1
+    compile_model(SmallConvNet(), graphs=10)  # past dynamo's limit it would run eagerly
+    assert torch._dynamo.config.cache_size_limit == 10
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "3")  # the user's choice wins
+    compile_model(SmallConvNet(), workers=2)
+    assert inductor_config.compile_threads == 1
 
 
 WORLD, DDP_STEPS = 2, 4

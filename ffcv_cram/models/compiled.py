@@ -35,8 +35,8 @@ def compile_model(model: nn.Module, mode: str = "default", graphs: int | None = 
     per-function limit is raised to that when it is lower, since past it dynamo silently runs
     the function eagerly. `workers`: inductor's compile processes for this whole process (None:
     inductor's default, one per core, or TORCHINDUCTOR_COMPILE_THREADS); several training
-    processes on one machine should share its cores (two 2-worker pools on 2 cores took the first
-    step of a small DDP test from 13 s to 50 s)."""
+    processes on one machine should share its cores (on 2 cores, two DDP processes with a pool of
+    2 workers each took 50 s for a first step that took 13 s with one worker each)."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"mode={mode!r}: must be one of {', '.join(COMPILE_MODES)}")
     if graphs is not None and graphs > torch._dynamo.config.cache_size_limit:
