@@ -89,6 +89,7 @@ def test_compiled_steps_equal_eager_and_compile_once(method, fresh_dynamo):
             assert (m is None and n is None) or torch.equal(m, n)
 
 
+@pytest.mark.slow  # 16 s with a cold inductor cache on a 2-core CPU
 def test_fp16_with_loss_scaling_under_compile(fresh_dynamo):
     """The GradScaler path is the eager one: same losses, same scale, same skipped step."""
     torch.manual_seed(0)
