@@ -19,6 +19,7 @@ from ffcv_cram.atomic import WriteError
 from ffcv_cram.config import (EXIT_USAGE, FloatList, Flag, IntRange, StrList, UsageError, fail,
                               given_keys, parse)
 from ffcv_cram.data.decode_choice import DECODES
+from ffcv_cram.models.compiled import COMPILE_MODES
 
 Section("eval", "checkpoints and evaluation").params(
     checkpoint=Param(StrList(), "checkpoint file(s), comma-separated", required=True),
@@ -27,6 +28,10 @@ Section("eval", "checkpoints and evaluation").params(
     device=Param(OneOf(["auto", "cpu", "cuda"]), "auto: cuda when available", default="auto"),
     trust_checkpoint=Param(Flag(), "load checkpoints that need full unpickling, which can run code "
                            "they carry: only for files you trust", default=False),
+    compile=Param(Flag(), "torch.compile the model for its evaluations (pruning and batch-norm "
+                  "tuning stay eager; the first evaluation compiles)", default=False),
+    compile_mode=Param(OneOf(COMPILE_MODES), "with compile: default | max-autotune-no-cudagraphs",
+                       default="default"),
     dist_timeout=Param(IntRange(1), "torchrun: seconds a process waits for the others (start-up, "
                        "then each round of points: about one point's time)", default=1800),
 )

@@ -93,6 +93,7 @@ def test_every_checkpoint_format_gives_the_same_result(demo, tmp_path):
     (["--data.train_dataset=x.beton"], "exactly one of"),
     (["--eval.labels=a,b"], "2 labels for 1 checkpoints"),
     (["--bnt.momentum=fast"], "--bnt.momentum='fast'"),
+    (["--eval.compile_mode=max-autotune-no-cudagraphs"], "needs --eval.compile=1"),
 ])
 @pytest.mark.slow
 def test_refusals_before_any_work(demo, tmp_path, argv, message):

@@ -114,3 +114,23 @@ def test_where_the_settings_come_from(demo, tmp_path):
     with pytest.raises(UsageError, match="differ in --data.style: cifar"):
         run_settings.infer(runs, set())
     assert run_settings.infer([None], set()) == ({}, None)
+
+
+@pytest.mark.slow
+def test_compiled_evaluations_equal_eager_ones(demo, tmp_path):
+    """--eval.compile: the same sweep through inductor's compiled model (pruning and BNT stay on
+    the plain one, which shares the parameters) gives the same numbers."""
+    out, _ = demo
+    common = [f"--eval.checkpoint={out / 'runs/cram/final_weights.pt'}", f"--data.val_dataset={out / 'val.beton'}",
+              f"--data.calib_dataset={out / 'calib.beton'}", "--prune.sparsities=0.5,0.9", "--bnt.batches=2"]
+    code, _, stderr = eval_sparse(*common, f"--out.dir={tmp_path / 'eager'}")
+    assert code == 0, stderr[-3000:]
+    code, _, stderr = eval_sparse(*common, "--eval.compile=1", f"--out.dir={tmp_path / 'compiled'}")
+    assert code == 0, stderr[-3000:]
+    eager, compiled = (json.loads((tmp_path / name / "results.json").read_text())
+                       for name in ("eager", "compiled"))
+    assert len(eager) == len(compiled) == 2
+    for a, b in zip(eager, compiled):
+        for key in ("dense", "pruned", "bnt"):
+            assert b[f"{key}_top1"] == a[f"{key}_top1"]
+            assert b[f"{key}_loss"] == pytest.approx(a[f"{key}_loss"], rel=1e-4)

@@ -36,6 +36,8 @@ def default_label(path: str) -> str:
 def check_arguments(cfg: dict) -> tuple[list[Target], list[str], float | None]:
     """The checks that need neither the checkpoints nor the model: (points, labels, momentum)."""
     e, d, p, b = cfg["eval"], cfg["data"], cfg["prune"], cfg["bnt"]
+    if e["compile_mode"] != "default" and not e["compile"]:
+        raise UsageError(f"--eval.compile_mode={e['compile_mode']}: needs --eval.compile=1")
     problem = decode_problem(d["decode"], "--eval.device", e["device"])
     if problem:
         raise UsageError(problem)

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from ..config import UsageError
-from ..data.threads import loader_threads, thread_summary
+from ..data.threads import loader_threads, local_processes, thread_summary, usable_cores
 from ..models import get_model
+from ..models.compiled import compile_model, compile_problem
 from ..runtime.dist import Context, all_sum, setup, teardown
 from ..safe_load import UnsafeFile
 from . import run_settings
@@ -48,9 +49,21 @@ def _with_run_settings(cfg: dict, checkpoints: list, given: set[str]) -> tuple[d
 
 
 def build_model(cfg: dict, num_classes: int, device: torch.device) -> nn.Module:
-    """The model every point is measured on (the one place to wrap it, e.g. for compilation)."""
+    """The model every point is loaded, pruned and tuned on."""
     model = get_model(cfg["model"]["arch"], num_classes, cfg["model"]["blurpool"])
     return model.to(device, memory_format=torch.channels_last)
+
+
+def evaluated_model(cfg: dict, model: nn.Module, device: torch.device) -> nn.Module:
+    """What runs the evaluations: `model`, or with --eval.compile the compiled model sharing its
+    parameters (two graphs: full batches and the smaller last one)."""
+    if not cfg["eval"]["compile"]:
+        return model
+    problem = compile_problem(device)
+    if problem:
+        raise UsageError(f"--eval.compile: {problem}")
+    workers = max(1, usable_cores() // local_processes())  # this process's share of the cores
+    return compile_model(model, cfg["eval"]["compile_mode"], workers=workers)
 
 
 def _loaders(cfg: dict, device: torch.device, indices):
@@ -141,6 +154,7 @@ def _sweep(cfg, ctx: Context, checkpoints, points, labels, momentum, num_classes
             check_fits(model, checkpoint.state, path, cfg["model"]["arch"])
         except CheckpointError as err:
             raise UsageError(str(err)) from None
+    evaluated = evaluated_model(cfg, model, ctx.device)
     val, calib = _loaders(cfg, ctx.device, indices)
     settings = SweepSettings(
         bnt_batches=cfg["bnt"]["batches"], bnt_momentum=momentum, bnt_seed=cfg["bnt"]["seed"],
@@ -150,7 +164,7 @@ def _sweep(cfg, ctx: Context, checkpoints, points, labels, momentum, num_classes
 
     def measure_item(item: Item) -> dict:
         return measure(item, labels[item.checkpoint], model, checkpoints[item.checkpoint].state,
-                       val, calib, settings, ctx.device)
+                       val, calib, settings, ctx.device, evaluated)
 
     results = run_split(items, measure_item, ctx, _progress_line(labels, ctx.world_size))
     notes = _decode_notes({"validation": val, "calibration": calib}, ctx)

@@ -74,18 +74,21 @@ def _eval(model, loader, settings, desc) -> dict:
 
 
 def measure(item: Item, label: str, model: nn.Module, state: dict, val_loader, calib_loader,
-            settings: SweepSettings, device: torch.device) -> dict:
-    """The numbers of one item (accuracies in percent); `model` gets `state` loaded first."""
+            settings: SweepSettings, device: torch.device, evaluated: nn.Module | None = None) -> dict:
+    """The numbers of one item (accuracies in percent); `model` gets `state` loaded first.
+    `evaluated`: what runs the evaluations (e.g. `model` compiled; it shares the parameters, so
+    loading, pruning and batch-norm tuning on the plain `model` reach it without recompiling)."""
     model.load_state_dict(state)
+    evaluated = model if evaluated is None else evaluated
     point = item.target
     t0 = time.perf_counter()
     if point is None:
-        dense = _eval(model, val_loader, settings, f"{label}: dense")
+        dense = _eval(evaluated, val_loader, settings, f"{label}: dense")
         return {"top1": dense["top1"], "top5": dense["top5"], "loss": dense["loss"],
                 "time_dense_eval_s": time.perf_counter() - t0}
     masks, report = prune_model(model, point.method, point.sparsity, point.nm)
     t1 = time.perf_counter()
-    pruned = _eval(model, val_loader, settings, f"{label} {point.name}: pruned")
+    pruned = _eval(evaluated, val_loader, settings, f"{label} {point.name}: pruned")
     t2 = time.perf_counter()
     tuned, t3 = None, t2
     if settings.bnt_batches:
@@ -95,7 +98,7 @@ def measure(item: Item, label: str, model: nn.Module, state: dict, val_loader, c
                        device=device, channels_last=settings.channels_last,
                        autocast_dtype=settings.amp_dtype, progress=settings.progress)
         t3 = time.perf_counter()
-        tuned = _eval(model, val_loader, settings, f"{label} {point.name}: pruned + BNT")
+        tuned = _eval(evaluated, val_loader, settings, f"{label} {point.name}: pruned + BNT")
     t4 = time.perf_counter()
     if settings.save_pruned_dir:
         os.makedirs(settings.save_pruned_dir, exist_ok=True)
