@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from ffcv_cram import NMTopkCrAM, TopkCrAM
+from ffcv_cram.config import UsageError
+from ffcv_cram.train.cli import _check_cost_options
 from ffcv_cram.train.loop import config_differences
 from ffcv_cram.train.step import TrainStep, make_optimizer
 from nets import SmallConvNet, batch
@@ -283,3 +285,23 @@ def test_bf16_step_with_the_options_never_synchronises():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert opt._fused and opt.cram_steps == 6
+
+
+COST_DEFAULTS = {"interval": 1, "reuse": False, "second_pass_fraction": 1.0}
+
+
+@pytest.mark.parametrize("changes,optimizer,message", [
+    ({"second_pass_fraction": 0.0}, "cram", "--cram.second_pass_fraction=0: must be in (0, 1]"),
+    ({"second_pass_fraction": -0.5}, "cram_nm", "--cram.second_pass_fraction=-0.5: must be in"),
+    ({"reuse": True}, "cram", "--cram.reuse=1 needs --cram.interval >= 2"),
+    ({"interval": 2}, "sam", "--cram.interval: only for --training.optimizer=cram or cram_nm "
+                             "(not sam)"),
+    ({"second_pass_fraction": 0.5}, "sgd", "--cram.second_pass_fraction: only for"),
+])
+def test_trainer_flag_checks_name_the_flag_and_range(changes, optimizer, message):
+    """(the CLI turns these into one `error:` line and exit status 2, see test_train_cli)"""
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        _check_cost_options({**COST_DEFAULTS, **changes}, optimizer)
+    _check_cost_options({**COST_DEFAULTS, "interval": 2, "reuse": True,
+                         "second_pass_fraction": 0.25}, "cram_nm")  # valid: no error
