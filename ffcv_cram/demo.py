@@ -44,6 +44,33 @@ def _run(argv: list[str], log) -> None:
         sys.exit(f"demo step failed (exit {proc.returncode}); full output in {log.name}")
 
 
+def data_commands(py: str, out: Path, size: dict) -> list[list[str]]:
+    """Generate the shapes and write train.beton, val.beton and calib.beton into `out`."""
+    commands = [[py, "-m", "ffcv_cram.data.synthetic", "--out", str(out / "shapes"),
+                 "--classes", str(size["classes"]), "--train-per-class", str(size["train_per_class"]),
+                 "--val-per-class", str(size["val_per_class"]), "--size", "32"]]
+    for split, extra in [("train", []), ("val", []),
+                         ("calib", [f"--cfg.calibration={size['calibration']}"])]:
+        folder = "val" if split == "val" else "train"
+        commands.append([py, "write_datasets.py", "--cfg.dataset=folder",
+                         f"--cfg.split={'val' if split == 'val' else 'train'}",
+                         f"--cfg.data_dir={out / 'shapes' / folder}",
+                         f"--cfg.write_path={out / f'{split}.beton'}", *extra])
+    return commands
+
+
+def train_command(py: str, out: Path, size: dict, device: str, folder: Path, *extra) -> list[str]:
+    """The demo's training: ResNet-20, CrAM+ high-sparsity recipe at rho 0.05, `size`'s budget
+    (`extra` flags override, e.g. --training.optimizer=sgd)."""
+    return [py, "train_cifar.py", "--config-file", "cifar_configs/rn20_cram_plus_high_sparsity.yaml",
+            f"--training.epochs={size['epochs']}", "--cram.rho=0.05",
+            f"--training.batch_size={size['batch_size']}", "--lr.warmup_epochs=1",
+            "--lr.per_iteration=1", f"--training.device={device}",
+            f"--data.train_dataset={out / 'train.beton'}",
+            f"--data.val_dataset={out / 'val.beton'}", "--validation.every=0",
+            f"--logging.folder={folder}", *extra]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_out", help="output folder (replaced)")
@@ -57,25 +84,11 @@ def main(argv=None) -> int:
     py = sys.executable
     start = time.perf_counter()
     with open(out / "demo.log", "w", newline="") as log:
-        _run([py, "-m", "ffcv_cram.data.synthetic", "--out", str(out / "shapes"),
-              "--classes", str(size["classes"]), "--train-per-class", str(size["train_per_class"]),
-              "--val-per-class", str(size["val_per_class"]), "--size", "32"], log)
-        for split, extra in [("train", []), ("val", []),
-                             ("calib", [f"--cfg.calibration={size['calibration']}"])]:
-            folder = "val" if split == "val" else "train"
-            _run([py, "write_datasets.py", "--cfg.dataset=folder",
-                  f"--cfg.split={'val' if split == 'val' else 'train'}",
-                  f"--cfg.data_dir={out / 'shapes' / folder}",
-                  f"--cfg.write_path={out / f'{split}.beton'}", *extra], log)
+        for argv in data_commands(py, out, size):
+            _run(argv, log)
         for name, optimizer in [("cram", "cram"), ("sgd", "sgd")]:
-            _run([py, "train_cifar.py", "--config-file", "cifar_configs/rn20_cram_plus_high_sparsity.yaml",
-                  f"--training.optimizer={optimizer}", f"--training.epochs={size['epochs']}",
-                  "--cram.rho=0.05",
-                  f"--training.batch_size={size['batch_size']}", "--lr.warmup_epochs=1",
-                  "--lr.per_iteration=1", f"--training.device={args.device}",
-                  f"--data.train_dataset={out / 'train.beton'}",
-                  f"--data.val_dataset={out / 'val.beton'}", "--validation.every=0",
-                  f"--logging.folder={out / 'runs' / name}"], log)
+            _run(train_command(py, out, size, args.device, out / "runs" / name,
+                               f"--training.optimizer={optimizer}"), log)
         _run([py, "eval_sparse.py",
               f"--eval.checkpoint={out / 'runs/cram/final_weights.pt'},{out / 'runs/sgd/final_weights.pt'}",
               "--eval.labels=CrAM+,SGD", "--model.arch=resnet20", "--data.style=cifar",

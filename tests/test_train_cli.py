@@ -144,6 +144,8 @@ def test_interrupted_and_resumed_run_is_bit_identical(data, tmp_path):
     (["--model.arch=resnet21"], "unknown model"),
     (["--checkpoint.every_steps=10", "--data.order=quasi_random", "--data.in_memory=0"],
      "--checkpoint.every_steps needs --data.order=random"),
+    (["--cram.interval=0"], "--cram.interval='0': expected an integer >= 1"),
+    (["--cram.second_pass_fraction=1.5"], "--cram.second_pass_fraction=1.5: must be in (0, 1]"),
 ])
 def test_bad_arguments_exit_2_naming_the_key(data, tmp_path, argv, message):
     proc = train(*args(data, tmp_path / "x"), *argv)
@@ -277,3 +279,23 @@ def test_a_mid_epoch_checkpoint_continues_only_with_its_number_of_processes():
         _resume_point(state, Context(), "run/checkpoint_last.pt")
     at_epoch_end = {"epoch": 1, "epoch_so_far": None}
     assert _resume_point(at_epoch_end, Context(), "run/checkpoint_last.pt").batch == 0
+
+
+@pytest.mark.slow
+def test_cheaper_cram_run_resumes_bit_identically_and_counts_only_compressing_steps(data, tmp_path):
+    """interval 4 with reuse and half-batch second passes, SIGKILLed after its first mid-epoch
+    checkpoint (step 1: a one-pass step that needs the reused term of step 0), finishes like an
+    uninterrupted run. Six steps an epoch: steps 0 and 4 compress in epoch 0, step 8 in epoch 1."""
+    extra = ("--training.deterministic=1", "--data.val_dataset=", "--cram.interval=4",
+             "--cram.reuse=1", "--cram.second_pass_fraction=0.5")
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    proc = train(*args(data, whole, *extra))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [sum(line["sparsity_draws"].values()) for line in log_lines(whole)] == [2, 1]
+    command = [sys.executable, str(ROOT / "train_cifar.py"),
+               *args(data, part, *extra, "--checkpoint.every_steps=1")]
+    stopped = sigkill_after_mid_epoch_checkpoint(command, part, tmp_path / "killed.log")
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from checkpoint_last.pt: {stopped} of 6" in resumed.stdout
+    assert_same_run(whole, part)

@@ -6,9 +6,17 @@
     g_C = grad f((w + e) * M)                 (second pass, BN statistics frozen)
     d   = g_C * M (sparse_grad)  [+ g (plus_version)]
     w   <- base_optimizer(w, d)
+
+Cheaper variants (issue 14; off by default, where the step above is unchanged):
+    interval=k               the step above on every k-th step (steps 0, k, 2k, ... of the
+                             optimizer's own counter); the others are one-pass steps, d = g
+    reuse                    on those one-pass steps d = g + r, r the latest full step's d - g
+    second_pass_fraction=f   g_C on the first ceil(f * B) samples of the batch (the caller's
+                             second pass slices it: `second_pass_size(B)`)
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -26,21 +34,128 @@ class _CompressedTwoPass(TwoPassOptimizer):
     fused Triton passes (`ffcv_cram.kernels.triton_step`) for float32 parameters on CUDA, with no
     host synchronisation. `kernels=None` picks the fused path when it applies, False forces torch
     ops (also FFCV_CRAM_KERNELS=0), True requires the fused path (on the CPU: TRITON_INTERPRET=1).
+
+    Cost options (module docstring). `interval=k`: whether a step is a full CrAM step is a pure
+    function of `cram_steps`, the count of steps taken, saved in `state_dict` (so resumed runs
+    and every DDP rank agree without communicating); a step discarded on fp16 overflow does not
+    count. `full_step_due` says what the next step is; `step()` then needs no closure, and
+    `one_pass_step()` takes it with the gradient already in `.grad`.
+    `reuse`: what is reused is r = d - g of the latest full step, per parameter: with
+    plus_version (CrAM+) exactly the compressed-point term M * g_C (g_C without sparse_grad),
+    the part of the update the second pass computes; without plus_version, M * g_C - g. The
+    one-pass update is then d = g + r. r is kept in `state` and saved in `state_dict`;
+    parameters without a second-pass gradient in that step reuse nothing.
     """
 
     def __init__(self, params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
-                 kernels=None, **base_kwargs):
+                 kernels=None, interval: int = 1, reuse: bool = False,
+                 second_pass_fraction: float = 1.0, **base_kwargs):
         super().__init__(params, base_optimizer, rho=rho, **base_kwargs)
         if kernels not in (None, True, False):
             raise ValueError(f"kernels={kernels!r}: must be None (automatic), True or False")
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"interval={interval!r}: must be an integer >= 1")
+        if not isinstance(second_pass_fraction, (int, float)) or not 0 < second_pass_fraction <= 1:
+            raise ValueError(f"second_pass_fraction={second_pass_fraction!r}: must be in (0, 1]")
         self.use_grad_norm = bool(grad_norm)
         self.plus_version = bool(plus_version)
         self.sparse_grad = bool(sparse_grad)
         self.kernels = kernels
+        self.interval = interval
+        self.reuse = bool(reuse)
+        self.second_pass_fraction = float(second_pass_fraction)
+        self.cram_steps = 0            # steps taken, full and one-pass: the schedule's clock
+        self.last_step_compressed = False
         self.generator = torch.Generator().manual_seed(int(seed))
         self._step_masks: list[torch.Tensor | None] = []  # aligned with the moved parameters
         self._fused = False
         self._fallback_reported = False
+
+    # -- the cost options ----------------------------------------------------------------------
+    @property
+    def full_step_due(self) -> bool:
+        """Whether the next step is a full (two-pass) CrAM step."""
+        return self.cram_steps % self.interval == 0
+
+    def second_pass_size(self, batch_size: int) -> int:
+        """ceil(second_pass_fraction * batch_size) samples for the second pass (at least 1)."""
+        return max(1, math.ceil(round(self.second_pass_fraction * batch_size, 6)))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if not self.full_step_due:
+            self.one_pass_step()
+            return
+        super().step(closure)
+
+    def first_step(self, zero_grad: bool = False) -> None:
+        if not self.full_step_due:
+            raise RuntimeError(f"first_step(): step {self.cram_steps} is a one-pass step "
+                               f"(interval={self.interval}); call one_pass_step() (or step())")
+        super().first_step(zero_grad)
+
+    def second_step(self, zero_grad: bool = False) -> None:
+        super().second_step(zero_grad)
+        self.cram_steps += 1
+        self.last_step_compressed = True
+
+    @torch.no_grad()
+    def one_pass_step(self, zero_grad: bool = False) -> None:
+        """A step without the second pass: d = g (+ the reused term r with `reuse`)."""
+        if self._moved is not None:
+            raise RuntimeError("one_pass_step() called between first_step() and second_step()")
+        if self.full_step_due:
+            raise RuntimeError(f"one_pass_step(): step {self.cram_steps} is a full CrAM step "
+                               f"(interval={self.interval}); call first_step() and second_step()")
+        if self.reuse:
+            pairs = [(p.grad, self.state[p]["reused"]) for p in self._params()
+                     if p.grad is not None and "reused" in self.state[p]]
+            if pairs:
+                torch._foreach_add_([g for g, _ in pairs], [r for _, r in pairs])
+        self.base_optimizer.step()
+        self.cram_steps += 1
+        self.last_step_compressed = False
+        if zero_grad:
+            self.zero_grad()
+
+    def _saves_grad(self) -> bool:
+        """g is kept through the second pass: CrAM+ adds it, reuse without plus subtracts it."""
+        return self.plus_version or self.reuse
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _keep_reused_term(self, moved) -> None:
+        """r = d - g of this full step, from the second-pass gradient (already masked)."""
+        for p in moved:
+            if p.grad is None:
+                self.state[p].pop("reused", None)
+                continue
+            reused = self.state[p].get("reused")
+            if reused is None or reused.shape != p.grad.shape:
+                reused = self.state[p]["reused"] = torch.empty_like(p.grad)
+            if self.plus_version:
+                reused.copy_(p.grad)
+            else:
+                torch.sub(p.grad, self.buffer(p, "g"), out=reused)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["cram_steps"] = self.cram_steps
+        if self.reuse:
+            state["reused"] = {i: self.state[p]["reused"] for i, p in enumerate(self._params())
+                               if "reused" in self.state[p]}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.cram_steps = int(state_dict.get("cram_steps", 0))
+        params = self._params()
+        for p in params:
+            self.state[p].pop("reused", None)
+        for i, saved in state_dict.get("reused", {}).items():
+            p = params[int(i)]
+            self.state[p]["reused"] = torch.empty_like(p).copy_(saved)
 
     def _perturb(self, groups, moved):
         self._fused = bool(moved) and self._fused_path_applies(moved)
@@ -51,7 +166,7 @@ class _CompressedTwoPass(TwoPassOptimizer):
                      for p, flag in zip(moved, prunable)]
             perturbation = Perturbation(
                 [p.grad for p in moved], [self.buffer(p, "w") for p in moved],
-                [self.buffer(p, "g") for p in moved] if self.plus_version else None,
+                [self.buffer(p, "g") for p in moved] if self._saves_grad() else None,
                 [group["rho"] for group, params in groups for _ in params],
                 self._inv_grad_norm(moved))
             self._step_masks = self._perturb_and_compress_fused(moved, perturbation, masks)
@@ -59,7 +174,7 @@ class _CompressedTwoPass(TwoPassOptimizer):
         self.save_weights(moved)
         if not moved:
             return
-        if self.plus_version:
+        if self._saves_grad():
             torch._foreach_copy_([self.buffer(p, "g") for p in moved], [p.grad for p in moved])
         inv_norm = self._inv_grad_norm(moved)
         for group, params in groups:
@@ -100,11 +215,11 @@ class _CompressedTwoPass(TwoPassOptimizer):
 
     def _finish(self, moved):
         masks, self._step_masks = self._step_masks, []
-        if self._fused:
+        if self._fused and not self.reuse:  # (the fused finish cannot hand out the reused term)
             if all(p.grad is not None for p in moved):
                 from ..kernels.triton_step import finish
                 finish(moved, [p.grad for p in moved], [self.buffer(p, "w") for p in moved],
-                       [self.buffer(p, "g") for p in moved] if self.plus_version else None,
+                       [self.buffer(p, "g") for p in moved] if self._saves_grad() else None,
                        masks if self.sparse_grad else None)
                 return
             self._report_fallback(moved[0].device,
@@ -113,6 +228,8 @@ class _CompressedTwoPass(TwoPassOptimizer):
             for p, mask in zip(moved, masks):
                 if mask is not None and p.grad is not None:
                     p.grad.mul_(mask.view(torch.uint8))
+        if self.reuse:
+            self._keep_reused_term(moved)
         self.restore_and_add_saved_grad(moved, self.plus_version)
 
     def _compress(self, prunable) -> list:
@@ -165,6 +282,7 @@ class TopkCrAM(_CompressedTwoPass):
                  sparsities: Sequence[float] = (0.5, 0.7, 0.9), grad_norm: bool = False,
                  plus_version: bool = True, sparse_grad: bool = True, scope: str = "global",
                  seed: int = 0, unif_prune: bool | None = None, kernels: bool | None = None,
+                 interval: int = 1, reuse: bool = False, second_pass_fraction: float = 1.0,
                  **base_kwargs):
         if unif_prune:  # the reference's spelling of scope='uniform'
             scope = "uniform"
@@ -174,7 +292,8 @@ class TopkCrAM(_CompressedTwoPass):
         self.scope = scope
         self.last_sparsity: float | None = None
         super().__init__(params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
-                         kernels, **base_kwargs)
+                         kernels, interval=interval, reuse=reuse,
+                         second_pass_fraction=second_pass_fraction, **base_kwargs)
 
     def _compress(self, prunable):
         self.last_sparsity = self.sparsities[self.draw(len(self.sparsities))]
@@ -204,6 +323,7 @@ class NMTopkCrAM(_CompressedTwoPass):
     def __init__(self, params, base_optimizer, rho: float = 0.05,
                  patterns=((2, 4), (4, 8)), grad_norm: bool = False, plus_version: bool = True,
                  sparse_grad: bool = True, seed: int = 0, kernels: bool | None = None,
+                 interval: int = 1, reuse: bool = False, second_pass_fraction: float = 1.0,
                  **base_kwargs):
         if isinstance(patterns, str) or (len(patterns) == 2 and all(isinstance(x, int) for x in patterns)):
             patterns = (patterns,)
@@ -212,7 +332,8 @@ class NMTopkCrAM(_CompressedTwoPass):
             raise ValueError("patterns: must list at least one N:M pattern, e.g. ((2, 4), (4, 8))")
         self.last_pattern: tuple[int, int] | None = None
         super().__init__(params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
-                         kernels, **base_kwargs)
+                         kernels, interval=interval, reuse=reuse,
+                         second_pass_fraction=second_pass_fraction, **base_kwargs)
 
     def _compress(self, prunable):
         self.last_pattern = self.patterns[self.draw(len(self.patterns))]

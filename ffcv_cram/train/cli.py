@@ -75,6 +75,13 @@ def declare(defaults: dict) -> None:
         scope=Param(OneOf(["global", "uniform"]), "magnitude threshold scope", default="global"),
         grad_norm=Param(Flag(), "normalise the ascent step by the gradient norm", default=False),
         seed=Param(int, "seed of the per-step sparsity draws", default=0),
+        interval=Param(IntRange(1), "full CrAM step every k-th step, one pass on the others",
+                       default=d("cram.interval", 1)),
+        reuse=Param(Flag(), "one-pass steps add the latest compressed-point term (needs interval "
+                    ">= 2)", default=d("cram.reuse", False)),
+        second_pass_fraction=Param(float, "second pass on the first ceil(f * B) samples of each "
+                                   "process's batch, f in (0, 1]",
+                                   default=d("cram.second_pass_fraction", 1.0)),
     )
     Section("lr", "learning-rate schedule").params(
         schedule=Param(OneOf(LR_SCHEDULES), "cosine | step | cyclic", default=d("lr.schedule", "cosine")),
@@ -143,6 +150,7 @@ def check(cfg: dict, style: str) -> None:
         raise UsageError(f"--training.compile_mode={t['compile_mode']}: needs --training.compile=1")
     if c["rho"] < 0:
         raise UsageError(f"--cram.rho={c['rho']}: must be >= 0")
+    _check_cost_options(c, t["optimizer"])
     if lr["lr"] <= 0:
         raise UsageError(f"--lr.lr={lr['lr']}: must be > 0")
     if lr["schedule"] == "cosine" and lr["warmup_epochs"] >= (lr["end_epoch"] or t["epochs"]):
@@ -155,6 +163,21 @@ def check(cfg: dict, style: str) -> None:
     elif any(r.values()):
         raise UsageError("--resolution.*: the cifar style trains at the stored resolution; "
                          "leave these unset")
+
+
+def _check_cost_options(c: dict, optimizer: str) -> None:
+    fraction = c["second_pass_fraction"]
+    if not 0 < fraction <= 1:
+        raise UsageError(f"--cram.second_pass_fraction={fraction:g}: must be in (0, 1]")
+    if c["reuse"] and c["interval"] < 2:
+        raise UsageError("--cram.reuse=1 needs --cram.interval >= 2 (with interval 1 every step "
+                         "is a full CrAM step: nothing to reuse)")
+    changed = [f"--cram.{k}" for k, default in (("interval", 1), ("reuse", False),
+                                                  ("second_pass_fraction", 1.0))
+               if c[k] != default]
+    if changed and optimizer not in ("cram", "cram_nm"):
+        raise UsageError(f"{', '.join(changed)}: only for --training.optimizer=cram or cram_nm "
+                         f"(not {optimizer})")
 
 
 def _interrupt(signum, frame):

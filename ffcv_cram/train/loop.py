@@ -38,6 +38,8 @@ from .step import TrainStep, make_optimizer, parameter_groups
 RESUMABLE_CHANGES = ("logging", "checkpoint", "validation")
 RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "training.device",
                   "training.dist_timeout", "training.compile", "training.compile_mode")
+# keys added after runs were saved without them: a saved run had the value it now defaults to
+ADDED_KEYS = {"cram.interval": 1, "cram.reuse": False, "cram.second_pass_fraction": 1.0}
 
 
 def _flat(cfg: dict) -> dict:
@@ -45,7 +47,7 @@ def _flat(cfg: dict) -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    a, b = _flat(saved), _flat(current)
+    a, b = {**ADDED_KEYS, **_flat(saved)}, _flat(current)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
                   and k.split(".")[0] not in RESUMABLE_CHANGES and k not in RESUMABLE_KEYS)
 
@@ -101,7 +103,8 @@ def _build(cfg: dict, ctx: Context, num_classes: int):
         t["optimizer"], groups, lr=cfg["lr"]["lr"], momentum=t["momentum"],
         weight_decay=t["weight_decay"], nesterov=t["nesterov"], rho=c["rho"],
         sparsities=c["sparsities"], patterns=c["patterns"], plus_version=c["plus_version"],
-        sparse_grad=c["sparse_grad"], scope=c["scope"], grad_norm=c["grad_norm"], seed=c["seed"])
+        sparse_grad=c["sparse_grad"], scope=c["scope"], grad_norm=c["grad_norm"], seed=c["seed"],
+        interval=c["interval"], reuse=c["reuse"], second_pass_fraction=c["second_pass_fraction"])
     return model, optimizer
 
 
@@ -162,7 +165,8 @@ def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution, so_far: Epoc
         out = step(x, y) if clock is None else clock.step(step, x, y)
         totals.add(out.loss, out.correct, len(y))
         skipped += out.skipped
-        if not out.skipped and (name := _draw(step.optimizer)) is not None:
+        compressed = getattr(step.optimizer, "last_step_compressed", True)  # not a one-pass step
+        if not out.skipped and compressed and (name := _draw(step.optimizer)) is not None:
             draws[name] += 1
         bar.update(1)
         if logger.is_main and (i % 20 == 0 or i == iters - 1):

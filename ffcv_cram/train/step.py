@@ -11,6 +11,11 @@ and the first pass's flag is added to the scaler's, so `update()` backs the scal
 If either overflowed, `discard_step()` restores the weights exactly (and rewinds the sparsity
 draw) and the base optimizer never steps, so momentum and every other state stay untouched.
 
+CrAM's cost options (`interval`, `reuse`, `second_pass_fraction`, see `optim.cram`): a step the
+optimizer's schedule makes one-pass runs exactly like an SGD step (with fp16: GradScaler.step,
+which skips it on overflow; the optimizer's step counter then does not advance, which is how
+the skip is seen). The second pass of a full step runs on the first ceil(f * B) samples.
+
 Host synchronisations on a GPU: none in a bf16 or fp32 step of any method (SAM and CrAM with
 the fused kernels read nothing back; the torch fallback of CrAM's top-k selection, used where the
 fused kernels do not apply, reads its histograms on the host); one in an fp16 two-pass step (the
@@ -73,6 +78,8 @@ class TrainStep:
         out = StepOutput(loss.detach(), (logits.detach().argmax(1) == y).sum())
         if self.method == "sgd":
             self._sgd(loss)
+        elif not getattr(self.optimizer, "full_step_due", True):
+            out.skipped = self._one_pass(loss)
         elif self.scaler is None:
             self._two_pass(x, y, loss)
         else:
@@ -88,7 +95,16 @@ class TrainStep:
             self.scaler.step(self.optimizer)
             self.scaler.update()
 
+    def _one_pass(self, loss) -> bool:
+        """A one-pass step of a CrAM schedule; True if fp16 overflow skipped it."""
+        before = self.optimizer.cram_steps
+        self._sgd(loss)
+        return self.optimizer.cram_steps == before
+
     def _second_backward(self, x, y, scale: bool):
+        size = getattr(self.optimizer, "second_pass_size", None)
+        if size is not None and (k := size(len(y))) < len(y):
+            x, y = x[:k], y[:k]  # the batch's first ceil(f * B) samples (a view: no copy)
         disable_running_stats(self.model)
         try:
             _, loss = self._loss(x, y)
@@ -136,11 +152,17 @@ class TrainStep:
 def make_optimizer(method: str, params, *, lr: float, momentum: float, weight_decay: float,
                    nesterov: bool = False, rho: float = 0.05, sparsities=(0.5, 0.7, 0.9),
                    patterns=((2, 4), (4, 8)), plus_version: bool = True, sparse_grad: bool = True,
-                   scope: str = "global", grad_norm: bool = False, seed: int = 0):
+                   scope: str = "global", grad_norm: bool = False, seed: int = 0,
+                   interval: int = 1, reuse: bool = False, second_pass_fraction: float = 1.0):
     """The base SGD (momentum, weight decay), wrapped per `method`. On CUDA the SGD update is
     torch's fused kernel: one launch instead of several foreach ones (on an H200, ResNet-50's
-    foreach update took 2.2 ms, 27 % of the fused CrAM step's optimizer side)."""
+    foreach update took 2.2 ms, 27 % of the fused CrAM step's optimizer side).
+    `interval`, `reuse`, `second_pass_fraction`: CrAM's cost options (cram and cram_nm only)."""
     params = list(params)
+    cheaper = dict(interval=interval, reuse=reuse, second_pass_fraction=second_pass_fraction)
+    if method in ("sgd", "sam") and (interval != 1 or reuse or second_pass_fraction != 1):
+        raise ValueError(f"interval, reuse and second_pass_fraction apply to cram and cram_nm, "
+                         f"not {method}")
     sgd = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if _all_on_cuda(params):
         sgd["fused"] = True
@@ -149,7 +171,7 @@ def make_optimizer(method: str, params, *, lr: float, momentum: float, weight_de
     if method == "sam":
         return SAM(params, torch.optim.SGD, rho=rho, **sgd)
     common = dict(rho=rho, grad_norm=grad_norm, plus_version=plus_version,
-                  sparse_grad=sparse_grad, seed=seed)
+                  sparse_grad=sparse_grad, seed=seed, **cheaper)
     if method == "cram":
         return TopkCrAM(params, torch.optim.SGD, sparsities=sparsities, scope=scope, **common, **sgd)
     if method == "cram_nm":
