@@ -121,8 +121,9 @@ def test_compiled_evaluations_equal_eager_ones(demo, tmp_path):
     """--eval.compile: the same sweep through inductor's compiled model (pruning and BNT stay on
     the plain one, which shares the parameters) gives the same numbers."""
     out, _ = demo
-    common = [f"--eval.checkpoint={out / 'runs/cram/final_weights.pt'}", f"--data.val_dataset={out / 'val.beton'}",
-              f"--data.calib_dataset={out / 'calib.beton'}", "--prune.sparsities=0.5,0.9", "--bnt.batches=2"]
+    common = [f"--eval.checkpoint={out / 'runs/cram/final_weights.pt'}",
+              f"--data.val_dataset={out / 'val.beton'}", f"--data.calib_dataset={out / 'calib.beton'}",
+              "--prune.sparsities=0.5,0.9", "--bnt.batches=2"]
     code, _, stderr = eval_sparse(*common, f"--out.dir={tmp_path / 'eager'}")
     assert code == 0, stderr[-3000:]
     code, _, stderr = eval_sparse(*common, "--eval.compile=1", f"--out.dir={tmp_path / 'compiled'}")
