@@ -47,7 +47,8 @@ def _flat(cfg: dict) -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    a, b = {**ADDED_KEYS, **_flat(saved)}, _flat(current)
+    b = _flat(current)
+    a = {**{k: v for k, v in ADDED_KEYS.items() if k in b}, **_flat(saved)}
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
                   and k.split(".")[0] not in RESUMABLE_CHANGES and k not in RESUMABLE_KEYS)
 
