@@ -7,11 +7,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from ffcv_cram.atomic import write_text
 
 # gpu_check.py points its sections at a scratch folder, so a check never overwrites committed results
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
@@ -81,11 +82,7 @@ def save_result(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                "environment": environment(), **payload}
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, prefix=f".{name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text(str(path), json.dumps(payload, indent=2) + "\n")
     try:  # repository-relative where possible: logs stay portable
         return path.resolve().relative_to(REPOSITORY)
     except ValueError:

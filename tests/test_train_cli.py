@@ -232,43 +232,42 @@ def assert_same_run(whole, part):
     assert strip(log_lines(part)) == strip(log_lines(whole))  # loss, top-1, draws of whole epochs
 
 
-@pytest.mark.slow
-def test_sigkilled_mid_epoch_torchrun_run_resumes_bit_identically(data, tmp_path):
-    """Two gloo processes, six steps per epoch: killed after a mid-epoch checkpoint, the same
-    command finishes the run with the weights and log of an uninterrupted one (which wrote no
-    mid-epoch checkpoints)."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                str(ROOT / "train_cifar.py")]
-    extra = ("--training.deterministic=1", "--training.batch_size=16", "--data.val_dataset=")
+def killed_and_resumed_equals_whole(launcher, data, tmp_path, *extra):
+    """Train `whole` uninterrupted (no mid-epoch checkpoints); train `part` with a checkpoint every
+    step, SIGKILL it after the first one (mid-epoch, six steps an epoch), leave a half-written
+    checkpoint as a kill during a write would, and rerun the same command: it resumes where it
+    stopped, cleans up, and ends with the weights and log of `whole`. Returns `whole`."""
     whole, part = tmp_path / "whole", tmp_path / "part"
-    proc = subprocess.run([*torchrun, *args(data, whole, *extra)], capture_output=True, text=True,
+    proc = subprocess.run([*launcher, *args(data, whole, *extra)], capture_output=True, text=True,
                           timeout=600, cwd=ROOT, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    command = [*torchrun, *args(data, part, *extra, "--checkpoint.every_steps=1")]
+    command = [*launcher, *args(data, part, *extra, "--checkpoint.every_steps=1")]
     stopped = sigkill_after_mid_epoch_checkpoint(command, part, tmp_path / "killed.log")
-    (part / ".checkpoint_last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")  # killed mid-write
+    (part / ".checkpoint_last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from checkpoint_last.pt: {stopped} of 6" in resumed.stdout
     assert_same_run(whole, part)
     assert not list(part.glob(".*.tmp"))  # what the kill left is cleaned up
+    return whole
+
+
+@pytest.mark.slow
+def test_sigkilled_mid_epoch_torchrun_run_resumes_bit_identically(data, tmp_path):
+    """Two gloo processes, batch 16 on each."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(ROOT / "train_cifar.py")]
+    killed_and_resumed_equals_whole(torchrun, data, tmp_path, "--training.deterministic=1",
+                                    "--training.batch_size=16", "--data.val_dataset=")
 
 
 @pytest.mark.slow
 def test_sigkilled_mid_epoch_imagenet_style_run_resumes_bit_identically(data, tmp_path):
-    extra = ("--training.deterministic=1", "--data.val_dataset=", "--training.amp=none",
-             "--model.arch=resnet20", "--resolution.min_res=32", "--resolution.max_res=32",
-             "--resolution.val_res=32")
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    proc = train(*args(data, whole, *extra), script="train_imagenet.py")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    command = [sys.executable, str(ROOT / "train_imagenet.py"),
-               *args(data, part, *extra, "--checkpoint.every_steps=1")]
-    stopped = sigkill_after_mid_epoch_checkpoint(command, part, tmp_path / "killed.log")
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from checkpoint_last.pt: {stopped} of 6" in resumed.stdout
-    assert_same_run(whole, part)
+    killed_and_resumed_equals_whole(
+        [sys.executable, str(ROOT / "train_imagenet.py")], data, tmp_path,
+        "--training.deterministic=1", "--data.val_dataset=", "--training.amp=none",
+        "--model.arch=resnet20", "--resolution.min_res=32", "--resolution.max_res=32",
+        "--resolution.val_res=32")
 
 
 def test_a_mid_epoch_checkpoint_continues_only_with_its_number_of_processes():
@@ -285,17 +284,9 @@ def test_a_mid_epoch_checkpoint_continues_only_with_its_number_of_processes():
 def test_cheaper_cram_run_resumes_bit_identically_and_counts_only_compressing_steps(data, tmp_path):
     """interval 4 with reuse and half-batch second passes, SIGKILLed after its first mid-epoch
     checkpoint (step 1: a one-pass step that needs the reused term of step 0), finishes like an
-    uninterrupted run. Six steps an epoch: steps 0 and 4 compress in epoch 0, step 8 in epoch 1."""
-    extra = ("--training.deterministic=1", "--data.val_dataset=", "--cram.interval=4",
-             "--cram.reuse=1", "--cram.second_pass_fraction=0.5")
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    proc = train(*args(data, whole, *extra))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    uninterrupted run. Steps 0 and 4 compress in epoch 0, step 8 in epoch 1."""
+    whole = killed_and_resumed_equals_whole(
+        [sys.executable, str(ROOT / "train_cifar.py")], data, tmp_path,
+        "--training.deterministic=1", "--data.val_dataset=", "--cram.interval=4",
+        "--cram.reuse=1", "--cram.second_pass_fraction=0.5")
     assert [sum(line["sparsity_draws"].values()) for line in log_lines(whole)] == [2, 1]
-    command = [sys.executable, str(ROOT / "train_cifar.py"),
-               *args(data, part, *extra, "--checkpoint.every_steps=1")]
-    stopped = sigkill_after_mid_epoch_checkpoint(command, part, tmp_path / "killed.log")
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from checkpoint_last.pt: {stopped} of 6" in resumed.stdout
-    assert_same_run(whole, part)
