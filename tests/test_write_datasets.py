@@ -153,6 +153,24 @@ def test_refused_class_list_write_leaves_nothing(tree, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.beton.classes.json"]
 
 
+def test_interrupt_after_the_beton_is_in_place_leaves_nothing(tree, tmp_path, monkeypatch):
+    """Ctrl-C between the .beton's rename and its class list (a real SIGINT, delivered as the
+    class list is written) removes what this run wrote, also over an earlier output."""
+    import ffcv_cram.data.convert as conversion
+    out = tmp_path / "out.beton"
+    convert("folder", "train", str(tree[0].parent), str(out), progress=False)
+
+    def interrupted(path, text):
+        signal.raise_signal(signal.SIGINT)
+        conversion_write_text(path, text)
+
+    conversion_write_text = conversion.write_text
+    monkeypatch.setattr(conversion, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert("folder", "train", str(tree[0].parent), str(out), overwrite=True, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda r: (r / "a").mkdir(parents=True), "class folder is empty"),
     (lambda r: r.mkdir(), "no class folders"),
@@ -206,10 +224,14 @@ def test_config_file_unknown_key_and_existing_output(tree, tmp_path):
 
 @pytest.fixture(scope="module")
 def big_tree(tmp_path_factory):
+    """600 large raw images for one writer process: ~10 s of writing, far longer than the
+    time a loaded CPU may take to deliver a signal (30 files per class, each listed 10 times)."""
     root = tmp_path_factory.mktemp("big") / "tree"
-    for c in range(2):  # large raw images, one writer process: slow enough to interrupt
+    for c in range(2):
         for i in range(30):
             files.rgb_png(root / f"c{c}" / f"{i}.png", 600, 600, seed=i)
+            for k in range(1, 10):
+                (root / f"c{c}" / f"{i}_{k}.png").symlink_to(f"{i}.png")
     return root
 
 
@@ -229,8 +251,8 @@ def test_interrupted_run_leaves_no_output(big_tree, tmp_path, sig):
     assert proc.poll() is None, "finished before it could be interrupted"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    assert list(tmp_path.iterdir()) == [], err
+    assert proc.returncode == 130 and "interrupted; no output was written" in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_calibration_subset_is_seeded_balanced_and_bounded(tmp_path):

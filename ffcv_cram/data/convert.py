@@ -82,15 +82,21 @@ def convert(dataset: str, split: str, data_dir: str, write_path: str, *, max_res
                              on_bad_image, progress)
     except WriteError as err:
         raise ConversionError(str(err)) from None
+    classes_file, skipped_file = f"{write_path}.classes.json", f"{write_path}.skipped.txt"
     try:
-        write_text(f"{write_path}.classes.json", json.dumps(source.classes, indent=1) + "\n")
-        skipped_file = f"{write_path}.skipped.txt"
+        write_text(classes_file, json.dumps(source.classes, indent=1) + "\n")
         if result.skipped:
             write_text(skipped_file,
                        "".join(f"{name}\t{reason}\n" for name, reason in result.skipped))
         elif os.path.exists(skipped_file):
             os.remove(skipped_file)  # stale list from an earlier run of the same output
-    except RefusedWrite as err:  # no partial output: a .beton without its class names is unusable
-        os.remove(write_path)
+    except (RefusedWrite, KeyboardInterrupt) as err:
+        # no partial output: a .beton without its class names is unusable, and Ctrl-C (or
+        # SIGTERM, which the CLI turns into it) means "no output" whenever it arrives
+        for written in (write_path, classes_file, skipped_file):
+            if os.path.isfile(written):
+                os.remove(written)
+        if isinstance(err, KeyboardInterrupt):
+            raise
         raise ConversionError(f"{err} ({os.path.basename(write_path)} removed with it)") from None
     return result, source.classes

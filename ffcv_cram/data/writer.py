@@ -221,10 +221,10 @@ def write_beton(path: str, source, indices, encoding: Encoding, num_workers: int
                              f"{next(iter(bad.values()))[0]}: {next(iter(bad.values()))[1]})")
         metadata = np.ndarray(n, dtype=metadata_dtype, buffer=shm.buf).copy()
         _finalize(tmp, header, metadata_start, metadata, valid, allocations)
-        os.replace(tmp, path)
-        skipped = [bad[d] for d in sorted(bad)]
-        return WriteResult(path, int(valid.sum()), skipped, os.path.getsize(path),
-                           time.perf_counter() - start)
+        result = WriteResult(path, int(valid.sum()), [bad[d] for d in sorted(bad)],
+                             os.path.getsize(tmp), time.perf_counter() - start)
+        os.replace(tmp, path)  # last: the caller owns `path` from here on (see convert)
+        return result
     finally:
         bar.close()
         for w in workers:
