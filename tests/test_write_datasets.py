@@ -166,8 +166,13 @@ def test_interrupt_after_the_beton_is_in_place_leaves_nothing(tree, tmp_path, mo
 
     conversion_write_text = conversion.write_text
     monkeypatch.setattr(conversion, "write_text", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        convert("folder", "train", str(tree[0].parent), str(out), overwrite=True, progress=False)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            convert("folder", "train", str(tree[0].parent), str(out), overwrite=True,
+                    progress=False)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -235,6 +240,12 @@ def big_tree(tmp_path_factory):
     return root
 
 
+def as_in_a_terminal():
+    """Ctrl-C as a terminal delivers it: a suite started as a background job (`... &` in a
+    script) passes SIGINT on ignored, and a program started so rightly keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_leaves_no_output(big_tree, tmp_path, sig):
     root = big_tree
@@ -242,7 +253,8 @@ def test_interrupted_run_leaves_no_output(big_tree, tmp_path, sig):
     proc = subprocess.Popen([sys.executable, str(ROOT / "write_datasets.py"), "--cfg.dataset=folder",
                              "--cfg.split=train", f"--cfg.data_dir={root}", f"--cfg.write_path={out}",
                              "--cfg.num_workers=1", "--cfg.chunk_size=1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=as_in_a_terminal)
     deadline = time.time() + 60
     while not any(p.name.startswith("big.beton.partial") for p in tmp_path.iterdir()):
         assert time.time() < deadline and proc.poll() is None
