@@ -15,6 +15,7 @@ from ffcv.reader import Reader
 from PIL import Image
 
 import imagefiles as files
+from ffcv_cram.atomic import write_text
 from ffcv_cram.data.convert import ConversionError, convert
 from ffcv_cram.data.sources import FolderSource
 
@@ -156,16 +157,14 @@ def test_refused_class_list_write_leaves_nothing(tree, tmp_path):
 def test_interrupt_after_the_beton_is_in_place_leaves_nothing(tree, tmp_path, monkeypatch):
     """Ctrl-C between the .beton's rename and its class list (a real SIGINT, delivered as the
     class list is written) removes what this run wrote, also over an earlier output."""
-    import ffcv_cram.data.convert as conversion
     out = tmp_path / "out.beton"
     convert("folder", "train", str(tree[0].parent), str(out), progress=False)
 
     def interrupted(path, text):
         signal.raise_signal(signal.SIGINT)
-        conversion_write_text(path, text)
+        write_text(path, text)
 
-    conversion_write_text = conversion.write_text
-    monkeypatch.setattr(conversion, "write_text", interrupted)
+    monkeypatch.setattr("ffcv_cram.data.convert.write_text", interrupted)
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
     try:
         with pytest.raises(KeyboardInterrupt):
