@@ -18,6 +18,8 @@ import imagefiles as files
 from ffcv_cram.atomic import write_text
 from ffcv_cram.data.convert import ConversionError, convert
 from ffcv_cram.data.sources import FolderSource
+from ffcv_cram.data.writer import _finalize
+from ffcv_cram.progress import bar as progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,17 +156,39 @@ def test_refused_class_list_write_leaves_nothing(tree, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.beton.classes.json"]
 
 
-def test_interrupt_after_the_beton_is_in_place_leaves_nothing(tree, tmp_path, monkeypatch):
-    """Ctrl-C between the .beton's rename and its class list (a real SIGINT, delivered as the
-    class list is written) removes what this run wrote, also over an earlier output."""
+def sigint_first(real):
+    """`real`, preceded by a real SIGINT: the interrupt lands exactly there."""
+    def interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+    return interrupted
+
+
+def bar_interrupted_at_close(*args, **kwargs):
+    """The writer's progress bar, closed in its clean-up after the .beton's rename."""
+    bar = progress_bar(*args, **kwargs)
+    bar.close = sigint_first(bar.close)
+    return bar
+
+
+@pytest.mark.parametrize("where,attribute,replacement", [
+    pytest.param("after the rename", "ffcv_cram.data.convert.write_text", sigint_first(write_text),
+                 id="writing-the-class-list"),
+    pytest.param("after the rename", "ffcv_cram.data.writer.progress_bar",
+                 bar_interrupted_at_close, id="writer-clean-up-after-the-rename"),
+    pytest.param("before the rename", "ffcv_cram.data.writer._finalize", sigint_first(_finalize),
+                 id="before-the-rename"),
+])
+def test_interrupt_removes_this_runs_output_and_keeps_an_earlier_one(tree, tmp_path, monkeypatch,
+                                                                      where, attribute,
+                                                                      replacement):
+    """Ctrl-C (a real SIGINT) over an earlier output: once this run's .beton is in place, it goes
+    with what was written beside it (a .beton without its class list is unusable); before the
+    rename, the earlier output stays as it was."""
     out = tmp_path / "out.beton"
     convert("folder", "train", str(tree[0].parent), str(out), progress=False)
-
-    def interrupted(path, text):
-        signal.raise_signal(signal.SIGINT)
-        write_text(path, text)
-
-    monkeypatch.setattr("ffcv_cram.data.convert.write_text", interrupted)
+    earlier = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(attribute, replacement)
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -172,7 +196,8 @@ def test_interrupt_after_the_beton_is_in_place_leaves_nothing(tree, tmp_path, mo
                     progress=False)
     finally:
         signal.signal(signal.SIGINT, before)
-    assert list(tmp_path.iterdir()) == []
+    left = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert left == (earlier if where == "before the rename" else {}), where
 
 
 @pytest.mark.parametrize("make,message", [

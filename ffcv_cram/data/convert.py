@@ -38,6 +38,16 @@ def open_source(dataset: str, split: str, data_dir: str, download: bool = False)
     return source
 
 
+def _file_identity(path: str):
+    """(device, inode) of the file at `path`, or None: tells an earlier output from this run's,
+    which replaced it by a rename (the two coexisted, so their inodes differ)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def convert(dataset: str, split: str, data_dir: str, write_path: str, *, max_resolution: int = 0,
             write_mode: str = "raw", compress_probability: float | None = None,
             jpeg_quality: int = 90, smart_threshold: int | None = None, num_workers: int = 0,
@@ -77,25 +87,28 @@ def convert(dataset: str, split: str, data_dir: str, write_path: str, *, max_res
         raise ConversionError(str(err)) from None
     from .writer import WriteError, write_beton  # ffcv: slow to import, so only once all is checked
     Path(write_path).parent.mkdir(parents=True, exist_ok=True)
+    classes_file, skipped_file = f"{write_path}.classes.json", f"{write_path}.skipped.txt"
+    earlier = _file_identity(write_path)
     try:
         result = write_beton(write_path, source, indices, encoding, num_workers, chunk_size,
                              on_bad_image, progress)
-    except WriteError as err:
-        raise ConversionError(str(err)) from None
-    classes_file, skipped_file = f"{write_path}.classes.json", f"{write_path}.skipped.txt"
-    try:
         write_text(classes_file, json.dumps(source.classes, indent=1) + "\n")
         if result.skipped:
             write_text(skipped_file,
                        "".join(f"{name}\t{reason}\n" for name, reason in result.skipped))
         elif os.path.exists(skipped_file):
             os.remove(skipped_file)  # stale list from an earlier run of the same output
+    except WriteError as err:  # the writer removed its partial file; an earlier output is intact
+        raise ConversionError(str(err)) from None
     except (RefusedWrite, KeyboardInterrupt) as err:
-        # no partial output: a .beton without its class names is unusable, and Ctrl-C (or
-        # SIGTERM, which the CLI turns into it) means "no output" whenever it arrives
-        for written in (write_path, classes_file, skipped_file):
-            if os.path.isfile(written):
-                os.remove(written)
+        # no partial output: a .beton without its class names is unusable, and Ctrl-C (or SIGTERM,
+        # which the CLI turns into it) means "no output". Once this run's .beton is in place
+        # (whenever the interrupt lands after the rename), it goes with whatever was written beside
+        # it; before that, an earlier output stays as it was.
+        if _file_identity(write_path) not in (None, earlier):
+            for written in (write_path, classes_file, skipped_file):
+                if os.path.isfile(written):
+                    os.remove(written)
         if isinstance(err, KeyboardInterrupt):
             raise
         raise ConversionError(f"{err} ({os.path.basename(write_path)} removed with it)") from None

@@ -153,8 +153,8 @@ def _context():
 
 
 def write_beton(path: str, source, indices, encoding: Encoding, num_workers: int = 0,
-                chunk_size: int = 100, on_bad_image: str = "skip", progress: bool = True,
-                tmp_path: str | None = None) -> WriteResult:
+                chunk_size: int = 100, on_bad_image: str = "skip", progress: bool = True
+                ) -> WriteResult:
     """Write samples `indices` of `source` to `path` (atomically). Returns counts and timing."""
     encoding.check()
     if on_bad_image not in ("skip", "fail"):
@@ -165,7 +165,7 @@ def write_beton(path: str, source, indices, encoding: Encoding, num_workers: int
         raise WriteError("nothing to write: the selection is empty")
     num_workers = max(1, min(num_workers or os.cpu_count() or 1, -(-n // chunk_size)))
     _remove_stale_partials(path)
-    tmp = tmp_path or f"{path}.partial-{os.getpid()}"
+    tmp = f"{path}.partial-{os.getpid()}"
     fields = _fields(encoding)
     metadata_dtype = get_metadata_type(list(fields.values()))
     page_size = encoding.page_size()
@@ -223,7 +223,7 @@ def write_beton(path: str, source, indices, encoding: Encoding, num_workers: int
         _finalize(tmp, header, metadata_start, metadata, valid, allocations)
         result = WriteResult(path, int(valid.sum()), [bad[d] for d in sorted(bad)],
                              os.path.getsize(tmp), time.perf_counter() - start)
-        os.replace(tmp, path)  # last: the caller owns `path` from here on (see convert)
+        os.replace(tmp, path)
         return result
     finally:
         bar.close()
