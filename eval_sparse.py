@@ -18,7 +18,7 @@ from fastargs.validation import OneOf
 from ffcv_cram.atomic import WriteError
 from ffcv_cram.config import (EXIT_USAGE, FloatList, Flag, IntRange, StrList, UsageError, fail,
                               given_keys, parse)
-from ffcv_cram.data.decode_choice import DECODES
+from ffcv_cram.data.decode_choice import DECODES, JPEG_DECODERS
 from ffcv_cram.models.compiled import COMPILE_MODES
 
 Section("eval", "checkpoints and evaluation").params(
@@ -52,6 +52,10 @@ Section("data", "datasets").params(
     in_memory=Param(Flag(), "keep the datasets in the OS page cache", default=True),
     decode=Param(OneOf(DECODES), "JPEG decode + augmentation: cpu (FFCV) | gpu (nvJPEG) | "
                  "auto (gpu when evaluating on CUDA)", default="cpu"),
+    jpeg_decoder=Param(OneOf(JPEG_DECODERS), "with decode=gpu: auto (torchvision's nvJPEG, else "
+                       "TorchCodec, else nvImageCodec) | torchvision | torchcodec | nvimgcodec | cpu",
+                       default="auto"),
+    gpu_prefetch=Param(IntRange(1), "with decode=gpu: batches prepared ahead", default=2),
 )
 Section("prune", "one-shot pruning").params(
     method=Param(StrList(), "global | uniform | nm (several: comma-separated)", default="global"),

@@ -9,10 +9,7 @@ Target: CrAM+ / SGD <= 2.05 on both models (two passes make 2.0 the floor).
 """
 import argparse
 import copy
-import statistics
-import time
 
-import numpy as np
 
 import torch
 from torch import nn

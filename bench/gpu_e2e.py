@@ -64,8 +64,8 @@ def main() -> int:
         args.min_res = args.max_res = 32
     data = Path(args.data_dir or tempfile.mkdtemp(prefix="gpu_e2e_"))
     data.mkdir(parents=True, exist_ok=True)
-    train = write_dataset(data, args.images, "jpg", args.workers)
-    val = write_dataset(data, args.val_images, "jpg", args.workers)
+    train = write_dataset(data, args.images, args.workers)
+    val = write_dataset(data, args.val_images, args.workers)
     with tempfile.TemporaryDirectory(prefix="gpu_e2e_run_") as folder:
         cmd = command(train, val, folder, args)
         print("running: " + " ".join(Path(c).name if c.startswith("/") else c for c in cmd),

@@ -1,12 +1,14 @@
-"""decode='gpu': stored bytes straight from the .beton, batched crop/resize/flip/normalise in torch,
-corrupt-JPEG fallbacks, the prefetching hand-over and the CLI choice.
+"""decode='gpu': stored bytes straight from the .beton, region decode, the crop table and kernel,
+corrupt-JPEG fallbacks, the prefetching hand-over and the CLI choices.
 
-Without CUDA the whole path runs on the CPU (torchvision's CPU decoder); the last two tests
-(nvJPEG against the CPU decoder, a training run with decode=gpu) need a GPU.
+Without CUDA the whole path runs on CPU tensors (FFCV's libjpeg-turbo decoding each crop region,
+the pinned-buffer layout, the Triton kernel under its interpreter where a test asks for it); the
+tests marked cuda (the GPU decoders against the CPU one, a training run with decode=gpu) need a GPU.
 """
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -26,8 +28,10 @@ from PIL import Image
 import imagefiles
 from ffcv_cram.data.encoded_bytes import (JPG, RAW, EncodedBatch, EncodedImageBytes,
                                           largest_image_bytes)
+from ffcv_cram.data import jpeg_decoders
 from ffcv_cram.data.encoding import Encoding
 from ffcv_cram.data.gpu_augment import center_crops, normalize, resized_crops
+from ffcv_cram.data.gpu_decode import decode_whole_on_cpu
 from ffcv_cram.data.seeded_crops import random_crops_and_flips
 from ffcv_cram.data.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageLoader, LoaderError
 from ffcv_cram.data.prefetch import prefetch
@@ -79,9 +83,11 @@ def stored_samples(path):
             for r in reader.metadata["f0"]]
 
 
-def pixels_of(mode, height, width, data):
+def pixels_of(mode, height, width, data, decoder="pil"):
     if mode == RAW:
         return np.frombuffer(data, np.uint8).reshape(height, width, 3)
+    if decoder == "ffcv":  # the decoder of decode='gpu' on a CPU device
+        return decode_whole_on_cpu(np.frombuffer(data, np.uint8), height, width)
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
@@ -187,7 +193,7 @@ def test_validation_batches_match_a_per_image_reference(betons):
     samples = stored_samples(path)
     for x, y in loader:
         for image, label in zip(x, y.tolist()):
-            pixels = torch.from_numpy(pixels_of(*samples[label]).copy()).permute(2, 0, 1)
+            pixels = torch.from_numpy(pixels_of(*samples[label], decoder="ffcv").copy()).permute(2, 0, 1)
             top, left, h, w = get_center_crop(pixels.shape[1], pixels.shape[2], None, 224 / 256)
             crop = pixels[None, :, top:top + h, left:left + w].float()
             want = F.interpolate(crop, size=(20, 20), mode="bilinear", antialias=True)[0]
@@ -249,6 +255,34 @@ def test_decode_choice_and_refusals(betons):
         ImageLoader(betons["jpg"], train=False, batch_size=4, decode="nvjpeg")
     with pytest.raises(LoaderError, match="images differ in size"):
         ImageLoader(betons["jpg"], train=False, batch_size=4, style="cifar", decode="gpu")
+    with pytest.raises(LoaderError, match="jpeg_decoder='nvjpeg'"):
+        ImageLoader(betons["jpg"], train=False, batch_size=4, decode="gpu", jpeg_decoder="nvjpeg")
+    with pytest.raises(LoaderError, match="gpu_prefetch=0: must be >= 1"):
+        ImageLoader(betons["jpg"], train=False, batch_size=4, decode="gpu", gpu_prefetch=0)
+    loader = ImageLoader(betons["jpg"], train=False, batch_size=4, decode="gpu", device="cpu")
+    assert loader.jpeg_decoder.startswith("FFCV's libjpeg-turbo") and \
+        loader.device_batches.uses_regions
+
+
+@pytest.mark.parametrize("script,extra,error", [
+    ("train_imagenet.py", ["--data.train_dataset=x.beton", "--logging.folder=unused",
+                           "--data.jpeg_decoder=nvimgcodec"],
+     "error: --data.jpeg_decoder=nvimgcodec: nvImageCodec is hidden"),
+    ("train_imagenet.py", ["--data.train_dataset=x.beton", "--logging.folder=unused",
+                           "--data.gpu_prefetch=0"], "error: --data.gpu_prefetch='0': expected"),
+    ("eval_sparse.py", ["--eval.checkpoint=x.pt", "--data.val_dataset=x.beton", "--out.dir=unused",
+                        "--data.jpeg_decoder=torchcodec"],
+     "error: --data.jpeg_decoder=torchcodec: TorchCodec is hidden"),
+])
+def test_unavailable_jpeg_decoder_or_bad_prefetch_is_a_one_line_usage_error(script, extra, error,
+                                                                           tmp_path):
+    env = {**os.environ, "FFCV_CRAM_HIDE_DECODERS": "nvimgcodec,torchcodec"}
+    proc = subprocess.run([sys.executable, str(ROOT / script), *extra], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(error), lines
+    assert not (tmp_path / "unused").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
@@ -266,7 +300,8 @@ def test_decode_gpu_without_cuda_is_a_one_line_usage_error(script, extra, tmp_pa
     assert "--data.decode=cpu" in lines[0] and not (tmp_path / "unused").exists()
 
 
-def test_prefetch_runs_one_batch_ahead_and_stops_cleanly():
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_prefetch_runs_depth_batches_ahead_in_order_and_stops_cleanly(depth):
     produced, closed = [], threading.Event()
 
     def batches():
@@ -276,33 +311,70 @@ def test_prefetch_runs_one_batch_ahead_and_stops_cleanly():
                 yield (torch.full((2,), i),)
         finally:
             closed.set()
-    for taken, (x,) in enumerate(prefetch(batches, torch.device("cpu"))):
-        assert x[0] == taken and len(produced) <= taken + 2  # the caller's batch and the next
+    for taken, (x,) in enumerate(prefetch(batches, torch.device("cpu"), depth)):
+        assert x[0] == taken  # in order
+        assert len(produced) <= taken + 1 + depth  # the caller's batch and `depth` waiting ones
         if taken == 5:
             break
-    assert closed.wait(5) and len(produced) <= 7
+    assert closed.wait(5) and len(produced) <= 6 + depth
+    everything = [int(x[0]) for (x,) in prefetch(lambda: (b for b in [(torch.full((1,), i),)
+                                                                      for i in range(9)]),
+                                                   torch.device("cpu"), depth)]
+    assert everything == list(range(9))
 
     def failing():
         yield (torch.zeros(1),)
         raise RuntimeError("bad batch")
     got = []
     with pytest.raises(RuntimeError, match="bad batch"):
-        for batch in prefetch(failing, torch.device("cpu")):
+        for batch in prefetch(failing, torch.device("cpu"), depth):
             got.append(batch)
     assert len(got) == 1
+    with pytest.raises(ValueError, match="depth=0"):
+        next(prefetch(batches, torch.device("cpu"), 0))
 
 
 @pytest.mark.cuda
-def test_nvjpeg_batches_match_cpu_decoded_ones(betons):
+@pytest.mark.parametrize("decoder", ["nvimgcodec", "torchcodec", "torchvision"])
+def test_gpu_decoded_batches_match_cpu_decoded_ones(betons, decoder):
+    if jpeg_decoders.unavailable_reason(decoder):
+        pytest.skip(jpeg_decoders.unavailable_reason(decoder))
     path = betons["mixed"]
     for train in (True, False):
         runs = [[(x.float().cpu(), y.cpu()) for x, y in ImageLoader(
             path, train=train, batch_size=8, resolution=32, num_workers=2, seed=4, decode="gpu",
-            device=device, drop_last=False)] for device in ("cpu", "cuda")]
+            device=device, drop_last=False, jpeg_decoder=jpeg)]
+            for device, jpeg in (("cpu", "auto"), ("cuda", decoder))]
         for (a, ya), (b, yb) in zip(*runs):
             assert torch.equal(ya, yb)  # same order, hence the same crops and flips
             difference = ((a - b) * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)).abs()
             assert difference.mean() < 1.5 and difference.max() < 40  # 0-255 scale
+
+
+@pytest.mark.cuda
+def test_gpu_loader_steady_state_never_synchronises(betons):
+    """Batches after the first, with nvImageCodec: no host synchronisation that torch sees, in
+    either thread (torchvision's and TorchCodec's decoders synchronise inside their own call)."""
+    import warnings
+    if jpeg_decoders.unavailable_reason("nvimgcodec"):
+        pytest.skip(jpeg_decoders.unavailable_reason("nvimgcodec"))
+    loader = ImageLoader(betons["mixed"], train=True, batch_size=4, resolution=32, num_workers=2,
+                         decode="gpu", device="cuda", drop_last=False, gpu_prefetch=2,
+                         jpeg_decoder="nvimgcodec")
+    batches = loader.epochs()
+    next(batches)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(12):  # across epoch boundaries (6 batches per epoch)
+                next(batches)
+            batches.close()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    assert syncs == [], syncs[:3]
 
 
 @pytest.mark.cuda

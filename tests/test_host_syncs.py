@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from ffcv_cram.data.augment import batch_generator, flip_translate
 from ffcv_cram.models import get_model
 from ffcv_cram.models.blurpool import BlurConv2d
-from ffcv_cram.train.epoch_totals import EpochTotals, LatestScalar
+from ffcv_cram.train.epoch_totals import EpochTotals
 from ffcv_cram.train.step import TrainStep, make_optimizer
 
 

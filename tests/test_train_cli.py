@@ -146,6 +146,11 @@ def test_interrupted_and_resumed_run_is_bit_identical(data, tmp_path):
      "--checkpoint.every_steps needs --data.order=random"),
     (["--cram.interval=0"], "--cram.interval='0': expected an integer >= 1"),
     (["--cram.second_pass_fraction=1.5"], "--cram.second_pass_fraction=1.5: must be in (0, 1]"),
+    (["--training.cuda_graph=1"], "--training.cuda_graph=1: needs a CUDA GPU"),
+    (["--training.cuda_graph=1", "--training.amp=fp16"],
+     "--training.cuda_graph=1: fp16's loss scaling decides on the host"),
+    (["--training.cuda_graph=1", "--training.optimizer=sgd"],
+     "--training.cuda_graph=1: captures CrAM's optimizer side"),
 ])
 def test_bad_arguments_exit_2_naming_the_key(data, tmp_path, argv, message):
     proc = train(*args(data, tmp_path / "x"), *argv)

@@ -1,7 +1,6 @@
 """write_datasets.py: round trips per write mode, real-world bad files, refusals, atomicity."""
 import io
 import json
-import os
 import signal
 import subprocess
 import sys

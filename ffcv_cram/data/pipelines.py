@@ -4,8 +4,9 @@ Two decode paths. decode='cpu': decoding and augmentation run in FFCV's compiled
 the CPU, normalisation runs there too, as FFCV's NormalizeImage placed before ToTensor (after
 ToTorchImage it makes the loader spin forever); on a GPU the uint8 batch is moved to the device
 and normalised in torch (no CuPy needed). decode='gpu': FFCV only reads each sample's stored
-bytes; they are decoded (nvJPEG on a CUDA device) and augmented in torch on the loader's device,
-one batch ahead of the caller (`device_batches`, `prefetch`). 'auto' is 'gpu' on a CUDA device.
+bytes; they are decoded (`jpeg_decoders`: nvImageCodec, TorchCodec or torchvision on a CUDA
+device, FFCV's libjpeg-turbo on the CPU) and augmented on the loader's device, `gpu_prefetch`
+batches ahead of the caller (`device_batches`, `prefetch`). 'auto' is 'gpu' on a CUDA device.
 Batches come out as (images: N x 3 x H x W channels_last in the requested dtype, labels: int64 of
 shape (N,), also for a batch of one).
 Labels belong to the caller; with decode='cpu' on the CPU, float32/float16 images are views of
@@ -32,8 +33,8 @@ from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage
 from .augment import batch_generator, flip_translate
 from .decode_choice import DECODES
 from .device_batches import DeviceBatches
-from .encoded_bytes import EncodedImageBytes, largest_image_bytes
-from .gpu_decode import check_device_decoder
+from .encoded_bytes import JPG, EncodedImageBytes, largest_image_bytes
+from .jpeg_decoders import JPEG_DECODERS, DecoderUnavailable, choose_decoder
 from .prefetch import prefetch
 from .seeded_decoder import SeededRandomResizedCrop
 from .start_batch import StartAtBatch
@@ -82,11 +83,15 @@ class ImageLoader:
     (`seeded_crops`), val = center crop of `crop_ratio` resized to `resolution`; style 'cifar':
     train = flip + random translate by up to 4 px, seeded per (seed, epoch, batch) so runs replay
     exactly (`ffcv_cram.data.augment`), val = the stored image. Both normalised with the style's
-    mean/std. `decode` 'gpu' decodes and augments in torch on `device` (nvJPEG on a CUDA device;
-    on a CPU device the same code runs with the CPU decoder): the same crops and flips for the
-    same sample as 'cpu', resampled with anti-aliased bilinear (FFCV: OpenCV's INTER_AREA).
-    Corrupt JPEGs are counted in `decode_fallbacks` (decoded on the CPU instead) and
-    `decode_failures` (replaced by a blank image); the cpu path has no such counts.
+    mean/std. `decode` 'gpu' decodes and augments on `device` with `jpeg_decoder` ('auto': on
+    CUDA torchvision's nvJPEG, else TorchCodec, else nvImageCodec, one notice saying which; on a CPU
+    device FFCV's libjpeg-turbo, so the same code runs on CPU tensors): the same crops and flips
+    for the same sample as 'cpu', resampled with anti-aliased bilinear (FFCV: OpenCV's
+    INTER_AREA), `gpu_prefetch` (>= 1) batches ahead of the caller. Corrupt JPEGs are counted in
+    `decode_fallbacks` (decoded on the CPU instead) and `decode_failures` (replaced by a blank
+    image); the cpu path has no such counts. For benchmarks: `crop_kernel` (None: the Triton
+    kernel on CUDA), `region_decode` (decode only the crop where the decoder can) and
+    `sync_handover` (the earlier host-synchronised hand-over).
 
     `num_workers` <= 0 picks this process's share of the usable cores (`threads.loader_threads`;
     pass the share yourself when several loaders iterate at the same time). FFCV sets torch's
@@ -101,7 +106,9 @@ class ImageLoader:
                  rank: int | None = None, world_size: int | None = None, in_memory: bool = True,
                  seed: int = 0, drop_last: bool | None = None, order: str | None = None,
                  crop_ratio: float = DEFAULT_CROP_RATIO, channels_last: bool = True,
-                 indices=None, decode: str = "cpu"):
+                 indices=None, decode: str = "cpu", jpeg_decoder: str = "auto",
+                 gpu_prefetch: int = 2, crop_kernel: bool | None = None,
+                 region_decode: bool = True, sync_handover: bool = False):
         if not os.path.isfile(path):
             raise LoaderError(f"{path}: no such .beton file (write it with write_datasets.py)")
         if style not in STYLES:
@@ -110,6 +117,11 @@ class ImageLoader:
             raise LoaderError(f"decode={decode!r}: must be one of {', '.join(DECODES)}")
         if batch_size < 1 or resolution < 1:
             raise LoaderError("batch_size and resolution must be >= 1")
+        if jpeg_decoder not in JPEG_DECODERS:
+            raise LoaderError(f"jpeg_decoder={jpeg_decoder!r}: must be one of "
+                              f"{', '.join(JPEG_DECODERS)}")
+        if gpu_prefetch < 1:
+            raise LoaderError(f"gpu_prefetch={gpu_prefetch}: must be >= 1")
         order = order or ("random" if train else "sequential")
         if order not in ORDERS:
             raise LoaderError(f"order={order!r}: must be one of {', '.join(ORDERS)}")
@@ -132,11 +144,9 @@ class ImageLoader:
         self.seed = seed
         self.on_gpu = self.device.type == "cuda"
         self.decoder, self.device_batches = None, None
+        self.gpu_prefetch, self.sync_handover = gpu_prefetch, sync_handover
         if self.decode == "gpu":
-            _check_device_decoder(self.device)
             image_ops, label_ops = [_bytes_reader(path)], [IntDecoder(), ToTensor()]
-            self.device_batches = DeviceBatches(self.device, style, train, resolution, crop_ratio,
-                                                mean, std, dtype, channels_last, seed)
         else:
             self.decoder = self._decoder(style, train, resolution, crop_ratio, seed)
             image_ops, label_ops = self._cpu_pipelines(style, train, mean, std)
@@ -149,8 +159,19 @@ class ImageLoader:
             pipelines={"image": image_ops, "label": label_ops},
             indices=None if indices is None else np.asarray(indices, dtype=np.uint64))
         self._reset_torch_threads()
-        if self.decode == "gpu" and style == "cifar":
-            _check_one_size(path, self.loader.reader)
+        if self.decode == "gpu":
+            if style == "cifar":
+                _check_one_size(path, self.loader.reader)
+            jpegs = _has_jpegs(self.loader.reader)  # a raw-only dataset needs no decoder
+            try:
+                jpeg = choose_decoder(jpeg_decoder, self.device, self.num_workers) if jpegs else None
+            except DecoderUnavailable as err:
+                raise LoaderError(f"decode='gpu' with jpeg_decoder={jpeg_decoder!r}: {err}; choose "
+                                  "another ('auto' takes one that works) or decode='cpu'") from None
+            self.device_batches = DeviceBatches(
+                self.device, style, train, resolution, crop_ratio, mean, std, dtype, channels_last,
+                seed, decoder=jpeg, slots=gpu_prefetch + 1, crop_kernel=crop_kernel,
+                region_decode=region_decode)
         if order != "quasi_random":
             self.loader.traversal_order = ShardedOrder(self.loader, rank, world_size,
                                                        shuffle=order == "random")
@@ -182,6 +203,13 @@ class ImageLoader:
     @property
     def num_samples(self) -> int:
         return len(self.loader.first_traversal_order)
+
+    @property
+    def jpeg_decoder(self) -> str:
+        """What decodes this loader's JPEGs (a sentence), '' where nothing does on the device."""
+        if self.device_batches is None or self.device_batches.decoder is None:
+            return ""
+        return self.device_batches.decoder.description
 
     @property
     def decode_fallbacks(self) -> int:
@@ -240,13 +268,35 @@ class ImageLoader:
         # batches keep their numbers in the whole epoch: augmentation is seeded by them
         epoch, start = self.loader.next_epoch, self._start.start_batch
         if self.device_batches is not None:
-            yield from prefetch(lambda: self._device_batches(epoch, start), self.device)
+            yield from prefetch(lambda: self._device_batches(epoch, start), self.device,
+                                self.gpu_prefetch, self.sync_handover)
             return
         for batch, (images, labels) in enumerate(self._epoch_iterator(), start):
             images = self._finish(images)
             if self.train and self.style == "cifar":
                 images = flip_translate(images, batch_generator(self.seed, epoch, batch))
             yield images, labels.reshape(-1).long().clone()
+
+    def epochs(self, count: int | None = None):
+        """The batches of `count` epochs (None: without end) from the next one on, as one stream:
+        with decode='gpu' a single producer thread runs across epoch boundaries, so the next
+        epoch's first batches are prepared while the last ones of this epoch train (FFCV still
+        starts a reader per epoch). Resolution changes apply from the epoch after the batches
+        already prepared; the training loop iterates epoch by epoch instead."""
+        first = self.loader.next_epoch
+        if self.device_batches is None:
+            for epoch in range(first, first + count) if count is not None else _count_from(first):
+                self.set_epoch(epoch)
+                yield from self
+            return
+
+        def chained():
+            epoch = first
+            while count is None or epoch < first + count:
+                self.loader.next_epoch = epoch
+                yield from self._device_batches(epoch, 0)
+                epoch += 1
+        yield from prefetch(chained, self.device, self.gpu_prefetch, self.sync_handover)
 
     def _device_batches(self, epoch: int, start: int):
         epoch_iterator = self._epoch_iterator()
@@ -257,13 +307,15 @@ class ImageLoader:
             epoch_iterator.close()  # stops FFCV's reader thread when the epoch is cut short
 
 
-def _check_device_decoder(device: torch.device) -> None:
-    try:
-        check_device_decoder(device)
-    except RuntimeError as err:
-        reason = str(err).strip().splitlines()[0][:200]
-        raise LoaderError(f"decode='gpu': torchvision cannot decode JPEGs on {device} ({reason}); "
-                          "use decode='cpu'") from None
+def _count_from(first: int):
+    while True:
+        yield first
+        first += 1
+
+
+def _has_jpegs(reader) -> bool:
+    images = reader.metadata[f"f{list(reader.handlers).index('image')}"]
+    return bool((images["mode"] == JPG).any())
 
 
 def _bytes_reader(path: str) -> EncodedImageBytes:

@@ -1,5 +1,7 @@
 """Faster backends of `ffcv_cram.sparsity.masks` and the CrAM step: numba on the CPU
-(`cpu_select`), Triton on CUDA (`triton_select`, `triton_nm`, `triton_step`).
+(`cpu_select`), Triton on CUDA (`triton_bracket` + `triton_fallback`: a global threshold;
+`triton_select`: the radix passes, uniform sparsity; `triton_nm`; `triton_step`: the step's
+passes and the plan that launches them).
 
 They compute exactly what the torch path computes and are tested equal to it. Set
 FFCV_CRAM_KERNELS=0 to force the plain torch path everywhere (for debugging or comparison).

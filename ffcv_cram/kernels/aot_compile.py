@@ -27,8 +27,11 @@ TARGETS = (90, 80)  # Hopper (H100/H200), Ampere (A100)
 # the passes that read every weight (perturb is the first histogram pass without HIST): at most
 # MAX_REGISTERS per thread, so that 16 warps (two blocks of 8, or one of 16) fit an SM's 64k
 # registers
-WEIGHT_PASSES = ("_histogram_pass", "_apply_threshold", "_finish")
+WEIGHT_PASSES = ("_histogram_pass", "_apply_threshold", "_finish", "_sample", "_full")
 MAX_REGISTERS = 128
+# the passes of the default global step (the bracket select and the finish): no warp ballots
+# (triton 3.6 lowers tl.histogram to them, ~200 instructions per key)
+STEP_PASSES = ("_sample", "_full", "_finish")
 
 
 # -- the launches: host code on CPU tensors ----------------------------------------------------
@@ -69,6 +72,8 @@ def _run_host_code() -> None:
         prunable_groups, counts = selection_groups(prunable, 0.9, scope)
         for zero in (False, True):  # magnitude_masks, compress_
             select(prunable, prunable_groups, counts, prunable_masks, zero)
+        if scope == "global":  # the radix passes of a global threshold (benchmarked against)
+            select(prunable, prunable_groups, counts, prunable_masks, False, method="radix")
         selected = iter(prunable_groups)
         groups = [next(selected) if p.dim() > 1 else -1 for p in params]
         for plus in (False, True):
@@ -141,7 +146,8 @@ def _ptx_counts(ptx: str) -> dict:
     return dict(ld=count(("ld",)), ld_v4=count(("ld",), "v4"),
                 st=count(("st",)), st_v4=count(("st",), "v4"),
                 atomic_acq_rel=count(("atom", "red"), "acq_rel"),
-                atomic_relaxed=count(("atom", "red"), "relaxed"))
+                atomic_relaxed=count(("atom", "red"), "relaxed"),
+                ballots=len(re.findall(r"\bvote\.(?:sync\.)?ballot", ptx)))
 
 
 def _variant_name(fn, kwargs) -> str:
@@ -205,7 +211,8 @@ def compile_all(capabilities=TARGETS) -> list[dict]:
 
 
 def missed_targets(rows) -> list[str]:
-    """The compile targets: no spills on sm_90, weight passes within MAX_REGISTERS."""
+    """The compile targets: no spills on sm_90, weight passes within MAX_REGISTERS, the default
+    step's passes without warp ballots."""
     misses = []
     for r in rows:
         where = f"{r['variant']} (triton {r['triton']}, {r['arch']})"
@@ -213,6 +220,8 @@ def missed_targets(rows) -> list[str]:
             misses.append(f"{r['spill_stores']}/{r['spill_loads']} bytes spilled: {where}")
         if r["variant"].startswith(WEIGHT_PASSES) and r["registers"] > MAX_REGISTERS:
             misses.append(f"{r['registers']} registers > {MAX_REGISTERS}: {where}")
+        if r["variant"].startswith(STEP_PASSES) and r["ballots"]:
+            misses.append(f"{r['ballots']} warp ballots: {where}")
     return misses
 
 

@@ -17,7 +17,7 @@ from .triton_select import LAUNCH
 GROUPS_PER_PROGRAM = 256
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])  # one compiled variant for every N of the same M
 def _nm_select(w_ptrs, mask_ptrs, chunk_tensor, chunk_start, numel, sizes, strides, N,
                M: tl.constexpr, M_POW2: tl.constexpr, ZERO: tl.constexpr, GROUPS: tl.constexpr):
     c = tl.program_id(0)

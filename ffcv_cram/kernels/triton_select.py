@@ -1,4 +1,7 @@
-"""Triton kernels of `masks.py`'s exact radix select, for float32 tensors, sync-free.
+"""Triton kernels of `masks.py`'s exact radix select, for float32 tensors, sync-free, and the
+entry point (`select`) that sends a single selection group (a global threshold) to the faster
+bracket select of `triton_bracket` instead (the radix passes stay for uniform sparsity and for
+`compress_` without the CrAM perturbation).
 
 The same algorithm and tie rule as the torch path, bit for bit: the k-th smallest 31-bit magnitude
 key (the bit pattern of |w|) is found digit by digit. Each pass is one launch over all tensors that
@@ -31,6 +34,7 @@ import triton
 import triton.language as tl
 
 from . import triton_chunk as ck
+from .triton_bracket import BracketPlan
 from .triton_layout import Layout, aligned, layout, pointers, small_table
 
 BLOCK = 4096
@@ -273,59 +277,125 @@ def _perturbation_args(p: Perturbation | None, keys, placeholder, device):
     return args, flags, aligned(keys, *tables)
 
 
-def select(tensors, groups, counts, masks, zero: bool, perturb: Perturbation | None = None):
+def select(tensors, groups, counts, masks, zero: bool, perturb: Perturbation | None = None,
+           method: str = "auto", force_miss: bool = False):
     """Masks pruning exactly `counts[g]` smallest magnitudes in each selection group g.
 
     tensors: dense float32 tensors on one device; groups[i]: group of tensor i (-1: not selected,
     only perturbed); masks[i]: bool output shaped and strided like tensors[i] (None when group -1).
+    method: 'bracket' (`triton_bracket`: one group, and it zeroes only in the CrAM step), 'radix'
+    (the passes here), or 'auto': the bracket where it applies. `force_miss` (tests): the bracket
+    misses, so its exact fallback runs.
     """
     device = tensors[0].device
     plan: Layout = layout(tensors, groups, BLOCK)
-    grid = (max(plan.num_chunks, 1),)
     keys, mask_table = pointers(tensors, device), pointers(masks, device)
-    num_groups = max(plan.num_groups, 1)
-    k = small_table(list(counts) or [0], torch.int64, device)
-    state = torch.empty((num_groups, 3), dtype=torch.int64, device=device)
-    two_pass = num_groups <= FINE_GROUPS
-    digits = DIGITS[:2] if two_pass else DIGITS
-    hist = torch.zeros((len(digits), num_groups, MAX_BINS), dtype=torch.int32, device=device)
-    fine_bins = 1 << FINE_BITS
-    fine = (torch.zeros((num_groups, (1 << DIGITS[1][2]) * fine_bins), dtype=torch.int32,
-                        device=device) if two_pass and plan.num_groups else hist)
-    common = (plan.chunk_tensor, plan.chunk_start, plan.numel, plan.groups, state)
-    constants = dict(ROW=MAX_BINS, FINE_BINS=fine_bins, BLOCK=BLOCK)
-    fused = None if perturb is None else _perturbation_args(perturb, keys, k, device)
-    if fused is not None and (plan.num_groups == 0 or not fused[2]):
-        # a pass of its own: nothing to select, or unaligned gradients (e.g. DDP's bucket views)
-        # whose scalar accesses leave too few registers for a histogram as well
-        args, flags, is_aligned = fused
-        _histogram_pass[grid](*args, *common, hist[0], fine, 0, 0, NBINS=1 << digits[0][2],
-                              FIRST=True, FINE=False, HIST=False, DIRECT=False,
-                              ALIGNED=is_aligned, **flags, **constants, **LAUNCH)
-        fused = None
-    if plan.num_groups == 0:
-        return
-    for index, (prefix_shift, shift, width) in enumerate(digits):
-        first, with_fine = index == 0, two_pass and index == 1
-        args, flags, is_aligned = (fused if first and fused is not None
-                                   else _perturbation_args(None, keys, k, device))
-        _histogram_pass[grid](*args, *common, hist[index], fine, prefix_shift, shift,
-                              NBINS=1 << width, FIRST=first, FINE=with_fine, HIST=True,
-                              DIRECT=index == 2, ALIGNED=is_aligned, **flags, **constants,
-                              **(FINE_LAUNCH if with_fine else LAUNCH))
-        _pick_digit[(num_groups,)](hist[index], fine, state, k, WIDTH=width, NBINS=MAX_BINS,
-                                   FIRST=first, FINE=with_fine, FINE_BINS=fine_bins)
-    _resolve_ties(plan, grid, keys.table, mask_table.table, state, device)
-    _apply_threshold[grid](keys.table, mask_table.table, *common, ZERO=zero,
-                           ALIGNED=aligned(keys, mask_table), BLOCK=BLOCK, **LAUNCH)
+    fused = None if perturb is None else _perturbation_args(perturb, keys, keys.table, device)
+    run_selection(plan, tensors, groups, keys, mask_table, counts, zero, fused, method,
+                  force_miss)
 
 
-def _resolve_ties(plan, grid, keys, mask_table, state, device):
-    counts = torch.empty(grid[0], dtype=torch.int32, device=device)
-    before = torch.empty(grid[0], dtype=torch.int64, device=device)
-    args = (plan.chunk_tensor, plan.chunk_start, plan.numel, plan.sizes, plan.strides,
-            plan.groups, state)
-    _count_ties[grid](keys, *args, counts, BLOCK=BLOCK, **LAUNCH)
-    _exclusive_scan[(1,)](counts, before, grid[0], BLOCK=SCAN_BLOCK)
-    _mark_kept_ties[grid](keys, mask_table, *args, before, plan.group_first_chunk, BLOCK=BLOCK,
-                          **LAUNCH)
+def bracket_applies(plan: Layout, zero: bool, perturb: bool) -> bool:
+    """The bracket select takes one group, and zeroes pruned weights only in the CrAM step."""
+    return plan.num_groups == 1 and (perturb or not zero)
+
+
+def run_selection(plan: Layout, tensors, groups, keys, mask_table, counts, zero: bool, fused,
+                  method: str = "auto", force_miss: bool = False) -> None:
+    """`select` on prepared tables; `fused` as `_perturbation_args` returns it (or None)."""
+    applies = bracket_applies(plan, zero, fused is not None)
+    if method == "bracket" and not applies:
+        raise ValueError("the bracket select takes one selection group, and zeroes pruned "
+                         "weights only together with the CrAM perturbation")
+    if method != "radix" and applies:
+        is_aligned = aligned(keys, mask_table) and (fused is None or fused[2])
+        bracket_plan(plan, tensors, groups, keys.table.device).run(
+            keys, mask_table, int(counts[0]), zero, None if fused is None else fused[:2],
+            is_aligned, force_miss)
+    else:
+        radix_plan(plan, keys.table.device).run(keys, mask_table, counts, zero, fused)
+
+
+class RadixPlan:
+    """The radix passes' scratch for one layout, allocated once (zeroed per call)."""
+
+    def __init__(self, plan: Layout, device: torch.device):
+        self.layout, self.grid = plan, (max(plan.num_chunks, 1),)
+        self.num_groups = num_groups = max(plan.num_groups, 1)
+        self.two_pass = num_groups <= FINE_GROUPS
+        self.digits = DIGITS[:2] if self.two_pass else DIGITS
+        self.state = torch.empty((num_groups, 3), dtype=torch.int64, device=device)
+        self.hist = torch.zeros((len(self.digits), num_groups, MAX_BINS), dtype=torch.int32,
+                                device=device)
+        self.fine = (torch.zeros((num_groups, (1 << DIGITS[1][2]) << FINE_BITS),
+                                 dtype=torch.int32, device=device)
+                     if self.two_pass and plan.num_groups else self.hist)
+        self.tie_counts = torch.empty(self.grid[0], dtype=torch.int32, device=device)
+        self.before = torch.empty(self.grid[0], dtype=torch.int64, device=device)
+        self.device, self.k_tables = device, {}
+
+    def k_table(self, counts) -> torch.Tensor:
+        """The prune counts per group as a device table owned by this plan: a captured CUDA graph
+        reads it for as long as the graph lives, which the shared cache of small tables (it drops
+        old entries) does not promise."""
+        key = tuple(counts) or (0,)
+        table = self.k_tables.get(key)
+        if table is None:
+            table = self.k_tables[key] = small_table(list(key), torch.int64, self.device)
+        return table
+
+    def run(self, keys, mask_table, counts, zero: bool, fused=None) -> None:
+        plan, grid, device = self.layout, self.grid, keys.table.device
+        k = self.k_table(counts)
+        state, digits, two_pass = self.state, self.digits, self.two_pass
+        hist, fine = self.hist, self.fine
+        common = (plan.chunk_tensor, plan.chunk_start, plan.numel, plan.groups, state)
+        fine_bins = 1 << FINE_BITS
+        constants = dict(ROW=MAX_BINS, FINE_BINS=fine_bins, BLOCK=BLOCK)
+        if fused is not None and (plan.num_groups == 0 or not fused[2]):
+            # a pass of its own: nothing to select, or unaligned gradients (e.g. DDP's bucket
+            # views) whose scalar accesses leave too few registers for a histogram as well
+            args, flags, is_aligned = fused
+            _histogram_pass[grid](*args, *common, hist[0], fine, 0, 0, NBINS=1 << digits[0][2],
+                                  FIRST=True, FINE=False, HIST=False, DIRECT=False,
+                                  ALIGNED=is_aligned, **flags, **constants, **LAUNCH)
+            fused = None
+        if plan.num_groups == 0:
+            return
+        hist.zero_()
+        if two_pass:
+            fine.zero_()
+        for index, (prefix_shift, shift, width) in enumerate(digits):
+            first, with_fine = index == 0, two_pass and index == 1
+            args, flags, is_aligned = (fused if first and fused is not None
+                                       else _perturbation_args(None, keys, k, device))
+            _histogram_pass[grid](*args, *common, hist[index], fine, prefix_shift, shift,
+                                  NBINS=1 << width, FIRST=first, FINE=with_fine, HIST=True,
+                                  DIRECT=index == 2, ALIGNED=is_aligned, **flags, **constants,
+                                  **(FINE_LAUNCH if with_fine else LAUNCH))
+            _pick_digit[(self.num_groups,)](hist[index], fine, state, k, WIDTH=width,
+                                            NBINS=MAX_BINS, FIRST=first, FINE=with_fine,
+                                            FINE_BINS=fine_bins)
+        args = (plan.chunk_tensor, plan.chunk_start, plan.numel, plan.sizes, plan.strides,
+                plan.groups, state)
+        _count_ties[grid](keys.table, *args, self.tie_counts, BLOCK=BLOCK, **LAUNCH)
+        _exclusive_scan[(1,)](self.tie_counts, self.before, grid[0], BLOCK=SCAN_BLOCK)
+        _mark_kept_ties[grid](keys.table, mask_table.table, *args, self.before,
+                              plan.group_first_chunk, BLOCK=BLOCK, **LAUNCH)
+        _apply_threshold[grid](keys.table, mask_table.table, *common, ZERO=zero,
+                               ALIGNED=aligned(keys, mask_table), BLOCK=BLOCK, **LAUNCH)
+
+
+def radix_plan(plan: Layout, device) -> RadixPlan:
+    radix = getattr(plan, "radix", None)
+    if radix is None:
+        radix = plan.radix = RadixPlan(plan, device)
+    return radix
+
+
+def bracket_plan(plan: Layout, tensors, groups, device) -> BracketPlan:
+    """The bracket select's plan of a layout (built once: layouts are cached)."""
+    bracket = getattr(plan, "bracket", None)
+    if bracket is None:
+        bracket = plan.bracket = BracketPlan(plan, [t.numel() for t in tensors], groups, device)
+    return bracket

@@ -22,8 +22,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..sparsity.masks import (check_sparsity, compress_, nm_groupable, nm_masks,
+from ..sparsity.masks import (check_sparsity, compress_, nm_masks,
                               parse_pattern, selection_groups)
+from .graphs import StepGraphs, graph_problem
 from .two_pass import TwoPassOptimizer
 
 
@@ -49,7 +50,7 @@ class _CompressedTwoPass(TwoPassOptimizer):
 
     def __init__(self, params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
                  kernels=None, interval: int = 1, reuse: bool = False,
-                 second_pass_fraction: float = 1.0, **base_kwargs):
+                 second_pass_fraction: float = 1.0, cuda_graph: bool = False, **base_kwargs):
         super().__init__(params, base_optimizer, rho=rho, **base_kwargs)
         if kernels not in (None, True, False):
             raise ValueError(f"kernels={kernels!r}: must be None (automatic), True or False")
@@ -69,7 +70,16 @@ class _CompressedTwoPass(TwoPassOptimizer):
         self.generator = torch.Generator().manual_seed(int(seed))
         self._step_masks: list[torch.Tensor | None] = []  # aligned with the moved parameters
         self._fused = False
+        self._plan = None  # the fused step's StepPlan
+        self._grad_addresses = None  # of this step's first-pass gradients
         self._fallback_reported = False
+        self._graphs = None
+        self._second_key = ("second",)  # the second half's graph: one per table of step masks
+        if cuda_graph:
+            problem = graph_problem(self)
+            if problem is not None:
+                raise ValueError(problem)
+            self._graphs = StepGraphs(self)
 
     # -- the cost options ----------------------------------------------------------------------
     @property
@@ -98,6 +108,45 @@ class _CompressedTwoPass(TwoPassOptimizer):
         super().second_step(zero_grad)
         self.cram_steps += 1
         self.last_step_compressed = True
+        if self._graphs is not None:
+            self._graphs.full_steps += 1
+
+    # -- CUDA graphs (cuda_graph=True; see optim/graphs.py) ------------------------------------
+    def _launch(self, key, plan, launches) -> None:
+        """The fused step's launches, eagerly or through the graph captured for `key`."""
+        if self._graphs is None:
+            launches()
+        else:
+            self._graphs.run(key, plan, launches)
+
+    def _base_step(self) -> None:
+        if self._graphs is None:
+            self.base_optimizer.step()
+        else:  # the device learning rates in eager steps too: the same rounding as a replay
+            self._graphs.sync_lr()
+            self._graphs.base_step()
+
+    def _finish_and_step(self, moved) -> None:
+        plan, graphs = self._plan, self._graphs
+        if (graphs is None or not self._fused or not moved
+                or any(p.grad is None for p in moved)):
+            super()._finish_and_step(moved)
+            return
+        # the finish writes d into the optimizer's buffers, which the captured base step reads
+        self._step_masks = []
+        # held until the launches ran: a capture runs base_step's `p.grad = buffer` before the
+        # replay that reads these gradients (through the plan's table)
+        grads = [p.grad for p in moved]
+        plan.use_gradients(grads, second=True)
+        if plan.d is None:
+            plan.d = plan.table([self.buffer(p, "g" if self.plus_version else "d")
+                                 for p in moved])
+        buffers, table = plan.d
+
+        def launches():
+            plan.finish(self.sparse_grad, out=table)
+            graphs.base_step(buffers, moved)
+        self._launch(self._second_key, plan, launches)
 
     @torch.no_grad()
     def one_pass_step(self, zero_grad: bool = False) -> None:
@@ -112,7 +161,7 @@ class _CompressedTwoPass(TwoPassOptimizer):
                      if p.grad is not None and "reused" in self.state[p]]
             if pairs:
                 torch._foreach_add_([g for g, _ in pairs], [r for _, r in pairs])
-        self.base_optimizer.step()
+        self._base_step()
         self.cram_steps += 1
         self.last_step_compressed = False
         if zero_grad:
@@ -149,6 +198,8 @@ class _CompressedTwoPass(TwoPassOptimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
+        if self._graphs is not None:  # new momentum buffers: captured steps would miss them
+            self._graphs.invalidate()
         self.cram_steps = int(state_dict.get("cram_steps", 0))
         params = self._params()
         for p in params:
@@ -160,16 +211,9 @@ class _CompressedTwoPass(TwoPassOptimizer):
     def _perturb(self, groups, moved):
         self._fused = bool(moved) and self._fused_path_applies(moved)
         if self._fused:
-            from ..kernels.triton_step import Perturbation
-            prunable = [p.dim() > 1 for p in moved]
-            masks = [self.buffer(p, "mask", torch.bool) if flag else None
-                     for p, flag in zip(moved, prunable)]
-            perturbation = Perturbation(
-                [p.grad for p in moved], [self.buffer(p, "w") for p in moved],
-                [self.buffer(p, "g") for p in moved] if self._saves_grad() else None,
-                [group["rho"] for group, params in groups for _ in params],
-                self._inv_grad_norm(moved))
-            self._step_masks = self._perturb_and_compress_fused(moved, perturbation, masks)
+            plan = self._fused_plan(groups, moved)
+            plan.use_gradients([p.grad for p in moved], addresses=self._grad_addresses)
+            self._step_masks = self._perturb_and_compress_fused(plan, self._inv_grad_norm(moved))
             return
         self.save_weights(moved)
         if not moved:
@@ -185,14 +229,44 @@ class _CompressedTwoPass(TwoPassOptimizer):
         masks = iter(self._compress(prunable))
         self._step_masks = [next(masks) if p.dim() > 1 else None for p in moved]
 
+    def _fused_plan(self, groups, moved):
+        """The fused step's plan (tables, workspaces), rebuilt only when the moved parameters,
+        their places or rho change."""
+        from ..kernels.triton_step import StepPlan
+        rhos = [group["rho"] for group, params in groups for _ in params]
+        plan = self._plan
+        if plan is None or plan.rhos != rhos or not plan.matches(moved):
+            masks = [self.buffer(p, "mask", torch.bool) if p.dim() > 1 else None for p in moved]
+            plan = self._plan = StepPlan(
+                moved, [self.buffer(p, "w") for p in moved],
+                [self.buffer(p, "g") for p in moved] if self._saves_grad() else None, masks,
+                rhos, self._selection_groups(masks))
+            plan.rhos = rhos
+            plan.checked_grads = self._grad_addresses  # (the caller checked them just now)
+        return plan
+
+    def _selection_groups(self, masks):
+        """Selection group of each moved parameter for the fused plan (None: no global/uniform
+        selection, as in N:M)."""
+        return None
+
     def _inv_grad_norm(self, moved):
         return 1.0 / (self.grad_norm(moved) + 1e-12) if self.use_grad_norm else None
 
     def _fused_path_applies(self, moved) -> bool:
+        """Whether the fused step takes these parameters and their gradients: checked in full
+        when the plan or the gradients' addresses change, else known (the host time of a step)."""
         if self.kernels is False:
             return False
+        self._grad_addresses = tuple(p.grad.data_ptr() for p in moved)
+        plan = self._plan
+        if (plan is not None and plan.checked_grads == self._grad_addresses
+                and plan.matches(moved)):
+            return True
         reason = fused_step_misfit(moved, explicit=self.kernels is True)
         if reason is None:
+            if plan is not None:
+                plan.checked_grads = self._grad_addresses
             return True
         if self.kernels is True:
             raise RuntimeError(
@@ -217,10 +291,8 @@ class _CompressedTwoPass(TwoPassOptimizer):
         masks, self._step_masks = self._step_masks, []
         if self._fused and not self.reuse:  # (the fused finish cannot hand out the reused term)
             if all(p.grad is not None for p in moved):
-                from ..kernels.triton_step import finish
-                finish(moved, [p.grad for p in moved], [self.buffer(p, "w") for p in moved],
-                       [self.buffer(p, "g") for p in moved] if self._saves_grad() else None,
-                       masks if self.sparse_grad else None)
+                self._plan.use_gradients([p.grad for p in moved], second=True)
+                self._plan.finish(self.sparse_grad)
                 return
             self._report_fallback(moved[0].device,
                                   "a parameter got no gradient in the second pass")
@@ -236,9 +308,9 @@ class _CompressedTwoPass(TwoPassOptimizer):
         """Torch path: zero the pruned weights in place; return the keep-masks (None: dense)."""
         raise NotImplementedError
 
-    def _perturb_and_compress_fused(self, moved, perturbation, masks) -> list:
+    def _perturb_and_compress_fused(self, plan, inv_norm) -> list:
         """Fused path: perturb every moved parameter, compress the prunable ones (those with a
-        mask buffer); return the masks used, aligned with `moved` (None: dense)."""
+        mask buffer) through `plan`; return the masks used, aligned with `moved` (None: dense)."""
         raise NotImplementedError
 
 
@@ -301,16 +373,22 @@ class TopkCrAM(_CompressedTwoPass):
         return compress_(prunable, self.last_sparsity, self.scope, out=out,
                          kernels=False if self.kernels is False else None)
 
-    def _perturb_and_compress_fused(self, moved, perturbation, masks):
-        from ..kernels.triton_step import perturb_and_select
-        self.last_sparsity = self.sparsities[self.draw(len(self.sparsities))]
-        prunable = [p for p, mask in zip(moved, masks) if mask is not None]
-        prunable_groups, counts = selection_groups(prunable, self.last_sparsity, self.scope)
-        groups, selected = [], iter(prunable_groups)
-        for mask in masks:
-            groups.append(-1 if mask is None else next(selected))
-        perturb_and_select(moved, perturbation, groups, counts, masks)
-        return masks
+    def _selection_groups(self, masks):
+        prunable = [mask for mask in masks if mask is not None]
+        selected = iter(selection_groups(prunable, 0.0, self.scope)[0])
+        return [-1 if mask is None else next(selected) for mask in masks]
+
+    def _perturb_and_compress_fused(self, plan, inv_norm):
+        index = self.draw(len(self.sparsities))
+        self.last_sparsity = self.sparsities[index]
+        counts = plan.counts.get(self.last_sparsity)
+        if counts is None:
+            prunable = [p for p, mask in zip(plan.params, plan.masks) if mask is not None]
+            counts = plan.counts[self.last_sparsity] = selection_groups(
+                prunable, self.last_sparsity, self.scope)[1]
+            plan.prepare(counts)
+        self._launch(("first", index), plan, lambda: plan.perturb_and_select(counts, inv_norm))
+        return plan.masks
 
 
 class NMTopkCrAM(_CompressedTwoPass):
@@ -344,13 +422,15 @@ class NMTopkCrAM(_CompressedTwoPass):
                 p.mul_(mask.view(torch.uint8))  # uint8 view: the fast float*int kernel
         return masks
 
-    def _perturb_and_compress_fused(self, moved, perturbation, masks):
-        from ..kernels.triton_step import nm_compress, perturb
-        self.last_pattern = n, m = self.patterns[self.draw(len(self.patterns))]
-        perturb(moved, perturbation)
-        masks = [mask if mask is not None and nm_groupable(p, m) else None
-                 for p, mask in zip(moved, masks)]
-        grouped = [(p, mask) for p, mask in zip(moved, masks) if mask is not None]
-        if grouped:
-            nm_compress([p for p, _ in grouped], [mask for _, mask in grouped], n, m)
-        return masks
+    def _perturb_and_compress_fused(self, plan, inv_norm):
+        index = self.draw(len(self.patterns))
+        self.last_pattern = n, m = self.patterns[index]
+        nm = plan.nm_plan(m)
+
+        def launches():
+            plan.perturb(inv_norm)
+            plan.nm_compress(n, m)
+        self._launch(("first", index), plan, launches)
+        plan.step_masks = nm.step_masks
+        self._second_key = ("second", m)  # the finish reads the masks of groups of m
+        return nm.masks

@@ -54,8 +54,7 @@ class TwoPassOptimizer(Optimizer):
         if self._moved is None:
             raise RuntimeError("second_step() called before first_step()")
         moved, self._moved = self._moved, None
-        self._finish(moved)
-        self.base_optimizer.step()
+        self._finish_and_step(moved)
         if zero_grad:
             self.zero_grad()
 
@@ -88,6 +87,14 @@ class TwoPassOptimizer(Optimizer):
 
     def _finish(self, moved) -> None:
         raise NotImplementedError
+
+    def _finish_and_step(self, moved) -> None:
+        """The second half: `_finish`, then the base optimizer's step."""
+        self._finish(moved)
+        self._base_step()
+
+    def _base_step(self) -> None:
+        self.base_optimizer.step()
 
     # -- helpers for subclasses ----------------------------------------------------------------
     def buffer(self, p: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:

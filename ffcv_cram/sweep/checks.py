@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from ..config import UsageError, num_classes as config_num_classes
-from ..data.decode_choice import decode_problem
+from ..data.decode_choice import decode_problem, jpeg_decoder_problem
 from ..models import available_models
 from ..sparsity.masks import parse_pattern
 from .datasets import labels_of
@@ -38,7 +38,8 @@ def check_arguments(cfg: dict) -> tuple[list[Target], list[str], float | None]:
     e, d, p, b = cfg["eval"], cfg["data"], cfg["prune"], cfg["bnt"]
     if e["compile_mode"] != "default" and not e["compile"]:
         raise UsageError(f"--eval.compile_mode={e['compile_mode']}: needs --eval.compile=1")
-    problem = decode_problem(d["decode"], "--eval.device", e["device"])
+    problem = (decode_problem(d["decode"], "--eval.device", e["device"])
+               or jpeg_decoder_problem(d.get("jpeg_decoder", "auto")))
     if problem:
         raise UsageError(problem)
     for method in p["method"]:

@@ -13,7 +13,7 @@ from fastargs.validation import OneOf
 
 from ..atomic import WriteError
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
-from ..data.decode_choice import DECODES, decode_problem
+from ..data.decode_choice import DECODES, JPEG_DECODERS, decode_problem, jpeg_decoder_problem
 from ..models.compiled import COMPILE_MODES
 from .schedule import LR_SCHEDULES
 from .step import AMP_MODES, METHODS
@@ -32,6 +32,11 @@ def declare(defaults: dict) -> None:
         order=Param(OneOf(["random", "quasi_random"]), "training order", default="random"),
         decode=Param(OneOf(DECODES), "JPEG decode + augmentation: cpu (FFCV) | gpu (nvJPEG) | "
                      "auto (gpu when training on CUDA)", default="cpu"),
+        jpeg_decoder=Param(OneOf(JPEG_DECODERS), "with decode=gpu: auto (torchvision's nvJPEG, "
+                           "else TorchCodec, else nvImageCodec) | torchvision | torchcodec | "
+                           "nvimgcodec | cpu", default="auto"),
+        gpu_prefetch=Param(IntRange(1), "with decode=gpu: batches prepared ahead of training",
+                           default=2),
     )
     Section("model", "architecture").params(
         arch=Param(str, "resnet20, resnet18_cifar, vgg16_cifar or any torchvision model",
@@ -61,6 +66,8 @@ def declare(defaults: dict) -> None:
         compile_mode=Param(OneOf(COMPILE_MODES), "with compile: default | "
                            "max-autotune-no-cudagraphs (autotuned kernels, longer compile)",
                            default="default"),
+        cuda_graph=Param(Flag(), "cram / cram_nm on CUDA: replay the optimizer side of a step as "
+                         "CUDA graphs, captured after two steps (bf16 or none)", default=False),
         dist_timeout=Param(IntRange(1), "torchrun: seconds a process waits for the others (start-up, "
                            "each collective) before it fails and torchrun may restart the group",
                            default=600),
@@ -140,7 +147,8 @@ def check(cfg: dict, style: str) -> None:
             parse_pattern(p)
     except ValueError as err:
         raise UsageError(f"--cram.patterns: {err}") from None
-    problem = decode_problem(cfg["data"]["decode"], "--training.device", t["device"])
+    problem = (decode_problem(cfg["data"]["decode"], "--training.device", t["device"])
+               or jpeg_decoder_problem(cfg["data"].get("jpeg_decoder", "auto")))
     if problem:
         raise UsageError(problem)
     if cfg["checkpoint"]["every_steps"] and cfg["data"]["order"] == "quasi_random":
@@ -151,6 +159,9 @@ def check(cfg: dict, style: str) -> None:
     if c["rho"] < 0:
         raise UsageError(f"--cram.rho={c['rho']}: must be >= 0")
     _check_cost_options(c, t["optimizer"])
+    problem = _cuda_graph_problem(t, c)
+    if problem:
+        raise UsageError(f"--training.cuda_graph=1: {problem}")
     if lr["lr"] <= 0:
         raise UsageError(f"--lr.lr={lr['lr']}: must be > 0")
     if lr["schedule"] == "cosine" and lr["warmup_epochs"] >= (lr["end_epoch"] or t["epochs"]):
@@ -178,6 +189,25 @@ def _check_cost_options(c: dict, optimizer: str) -> None:
     if changed and optimizer not in ("cram", "cram_nm"):
         raise UsageError(f"{', '.join(changed)}: only for --training.optimizer=cram or cram_nm "
                          f"(not {optimizer})")
+
+
+def _cuda_graph_problem(t: dict, c: dict) -> str | None:
+    """Why --training.cuda_graph=1 cannot run with these settings (None: it can)."""
+    if not t.get("cuda_graph"):
+        return None
+    if t["optimizer"] not in ("cram", "cram_nm"):
+        return "captures CrAM's optimizer side; use --training.optimizer=cram or cram_nm"
+    if t["amp"] == "fp16":
+        return ("fp16's loss scaling decides on the host whether a step happens; use "
+                "--training.amp=bf16 (or none)")
+    if c["reuse"]:
+        return "--cram.reuse=1 keeps its reused term with torch ops; use --cram.reuse=0"
+    if c["grad_norm"]:
+        return "--cram.grad_norm=1 reads the gradients directly; use --cram.grad_norm=0"
+    import torch
+    if t["device"] == "cpu" or not torch.cuda.is_available():
+        return "needs a CUDA GPU (--training.device=cuda or auto with a GPU visible)"
+    return None
 
 
 def _interrupt(signum, frame):

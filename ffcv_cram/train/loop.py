@@ -36,10 +36,12 @@ from .step import TrainStep, make_optimizer, parameter_groups
 
 # sections that may change between a run and its resumption without changing its result
 RESUMABLE_CHANGES = ("logging", "checkpoint", "validation")
-RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "training.device",
+RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "data.jpeg_decoder",
+                  "data.gpu_prefetch", "training.device",
                   "training.dist_timeout", "training.compile", "training.compile_mode")
 # keys added after runs were saved without them: a saved run had the value it now defaults to
-ADDED_KEYS = {"cram.interval": 1, "cram.reuse": False, "cram.second_pass_fraction": 1.0}
+ADDED_KEYS = {"cram.interval": 1, "cram.reuse": False, "cram.second_pass_fraction": 1.0,
+              "training.cuda_graph": False}
 
 
 def _flat(cfg: dict) -> dict:
@@ -74,7 +76,8 @@ def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
     # so each may use the process's whole share of the cores
     common = dict(style=style, num_workers=loader_threads(d["num_workers"]), device=ctx.device,
                   distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size,
-                  in_memory=d["in_memory"], channels_last=t["channels_last"], decode=d["decode"])
+                  in_memory=d["in_memory"], channels_last=t["channels_last"], decode=d["decode"],
+                  jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2))
     try:
         train = ImageLoader(d["train_dataset"], train=True, batch_size=t["batch_size"],
                             resolution=_resolutions(cfg, style, start_epoch) or 224,
@@ -105,7 +108,8 @@ def _build(cfg: dict, ctx: Context, num_classes: int):
         weight_decay=t["weight_decay"], nesterov=t["nesterov"], rho=c["rho"],
         sparsities=c["sparsities"], patterns=c["patterns"], plus_version=c["plus_version"],
         sparse_grad=c["sparse_grad"], scope=c["scope"], grad_norm=c["grad_norm"], seed=c["seed"],
-        interval=c["interval"], reuse=c["reuse"], second_pass_fraction=c["second_pass_fraction"])
+        interval=c["interval"], reuse=c["reuse"], second_pass_fraction=c["second_pass_fraction"],
+        cuda_graph=t.get("cuda_graph", False))
     return model, optimizer
 
 

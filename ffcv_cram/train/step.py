@@ -153,16 +153,21 @@ def make_optimizer(method: str, params, *, lr: float, momentum: float, weight_de
                    nesterov: bool = False, rho: float = 0.05, sparsities=(0.5, 0.7, 0.9),
                    patterns=((2, 4), (4, 8)), plus_version: bool = True, sparse_grad: bool = True,
                    scope: str = "global", grad_norm: bool = False, seed: int = 0,
-                   interval: int = 1, reuse: bool = False, second_pass_fraction: float = 1.0):
+                   interval: int = 1, reuse: bool = False, second_pass_fraction: float = 1.0,
+                   cuda_graph: bool = False):
     """The base SGD (momentum, weight decay), wrapped per `method`. On CUDA the SGD update is
     torch's fused kernel: one launch instead of several foreach ones (on an H200, ResNet-50's
     foreach update took 2.2 ms, 27 % of the fused CrAM step's optimizer side).
-    `interval`, `reuse`, `second_pass_fraction`: CrAM's cost options (cram and cram_nm only)."""
+    `interval`, `reuse`, `second_pass_fraction`: CrAM's cost options (cram and cram_nm only).
+    `cuda_graph`: capture CrAM's optimizer side in CUDA graphs (cram and cram_nm only; see
+    `optim.graphs`)."""
     params = list(params)
     cheaper = dict(interval=interval, reuse=reuse, second_pass_fraction=second_pass_fraction)
     if method in ("sgd", "sam") and (interval != 1 or reuse or second_pass_fraction != 1):
         raise ValueError(f"interval, reuse and second_pass_fraction apply to cram and cram_nm, "
                          f"not {method}")
+    if method in ("sgd", "sam") and cuda_graph:
+        raise ValueError(f"cuda_graph=True applies to cram and cram_nm, not {method}")
     sgd = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if _all_on_cuda(params):
         sgd["fused"] = True
@@ -171,7 +176,7 @@ def make_optimizer(method: str, params, *, lr: float, momentum: float, weight_de
     if method == "sam":
         return SAM(params, torch.optim.SGD, rho=rho, **sgd)
     common = dict(rho=rho, grad_norm=grad_norm, plus_version=plus_version,
-                  sparse_grad=sparse_grad, seed=seed, **cheaper)
+                  sparse_grad=sparse_grad, seed=seed, cuda_graph=cuda_graph, **cheaper)
     if method == "cram":
         return TopkCrAM(params, torch.optim.SGD, sparsities=sparsities, scope=scope, **common, **sgd)
     if method == "cram_nm":

@@ -1,0 +1,551 @@
+"""Exact global top-k selection in one read of the weights: a sampled bracket, then candidates.
+
+The radix select of `triton_select` histograms every key in two or three passes, and on triton 3.6
+`tl.histogram` lowers to warp ballots: ~200 instructions per key, 20x the memory time. Here the
+weights are read once, with two comparisons per key, for the k-th smallest of one selection
+group (a global threshold; uniform sparsity keeps the radix passes). Four launches:
+
+  1. sample (`_sample`)  1/32 of the keys (runs of 8, one 32-byte sector in every 1 KB; every key
+                         when there are few) go into a 16,384-bin histogram of their top 14 bits
+                         (1/64 of an octave each) with relaxed atomics. The last program to finish
+                         turns it into a key bracket [lo, hi] around the target rank: +-6 standard
+                         deviations of the sampled quantile plus 64 ranks, widened to whole bins.
+  2. full (`_full`)      every key: above hi -> kept, below lo -> pruned (and zeroed), written at
+                         once; each chunk stores how many it kept and its candidates inside the
+                         bracket (key and lane) in a bucket of its own (a chunk with more than
+                         fit spills the rest to a shared area, one atomic), and counts them per
+                         key in a histogram of the bracket. Otherwise no atomic returns anything
+                         and nothing waits for another program: a stream of loads and stores.
+  3. pick (`_pick`)      one program: the counts of all chunks, the rank of the k-th key among the
+                         candidates, and from the bracket histogram the exact threshold key.
+  4. resolve (`_resolve`) one program per chunk bucket (and per block of the spill area): its
+                         candidates' masks (and zeros) from that key; each candidate also clears
+                         its bracket counter for the next call.
+
+So the workspace is left clean by every call (no memset launches) and nothing reads back to the
+host. The tie rule is `masks.py`'s: among equal keys at the threshold, the lowest (tensor,
+row-major index) is pruned first; a partial tie (equal float magnitudes straddling the k-th) sets
+its ties aside and the last resolve program ranks them by that order.
+
+A bracket can miss: the k-th key lies outside it (an unlucky sample, or structured data, e.g.
+every weight equal), the spill area overflows, or more than `TIE_CAP` ties need ordering. The pick detects it exactly (from the counts) and then the first program of the
+resolve launch redoes the whole selection alone -- a radix select over every key, then the masks
+in row-major order -- so the result is always exact; only slower (a few hundred ms at ResNet-50
+scale). Misses are counted in the workspace (`Workspace.misses`).
+
+With the CrAM step's perturbation (save w and g, w += rho * g) the sample computes w + rho * g on
+the fly and the full pass stores it, both rounding like torch (no FMA); a miss recomputes the
+perturbed weights from the saved ones. Without a perturbation only masks are written
+(`magnitude_masks`); `compress_` alone keeps the radix passes, which zero in their apply pass.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from . import triton_chunk as ck
+from .triton_fallback import fallback_select
+
+BLOCK = 4096                    # elements per chunk, as every weight pass
+SAMPLE_RUN = 8                  # consecutive sampled keys: one 32-byte sector
+SAMPLE_STRIDE = 256             # one run in every 256 keys: 1/32 of the bytes
+SAMPLE_SIZE = BLOCK // SAMPLE_STRIDE * SAMPLE_RUN
+SAMPLE_CHUNKS = 16              # chunks per program of the sample pass (one 2-D block)
+FULL_SAMPLE_MAX = 1 << 20       # groups up to this size sample every key
+COARSE_SHIFT = 17               # coarse bins: the top 14 of the 31 key bits
+COARSE_BINS = 1 << 14
+MAX_SPAN = 32                   # coarse bins a bracket may span
+FINE_WIDTH = MAX_SPAN << COARSE_SHIFT   # keys in the widest bracket: one counter each
+L1_SHIFT = 10                   # the pick reads 4096 counters of 1024 keys, then 1024
+L1_BINS = FINE_WIDTH >> L1_SHIFT
+BUCKET = 256                    # candidates a chunk keeps in its own bucket (~1 % of 4096 is usual)
+SPILL_PER_CHUNK = 64            # more go to a shared spill area (one atomic per such chunk) of this
+SPILL_MIN = 1 << 16             # many entries per chunk of the plan, at least SPILL_MIN
+TIE_CAP = 1024                  # more ties than this to order: the exact fallback
+Z_SCORE, MIN_SLACK = 6.0, 64    # bracket half-width in sample ranks: Z sd + MIN_SLACK
+FALLBACK_LANES = 256            # the fallback's block: one program, registers shared with the rest
+SAMPLE_LAUNCH = dict(num_warps=8, enable_fp_fusion=False)  # no FMA: w + rho * g rounds like torch
+# 16 warps: 8 keys per thread leave registers for the candidate compaction (the bytes in flight
+# per SM are those of 8 warps with 16 keys each)
+FULL_LAUNCH = dict(num_warps=16, enable_fp_fusion=False)
+PICK_LAUNCH = dict(num_warps=8)
+# an explicit register budget: left alone, ptxas 13 (triton 3.8) gives the resolve launch 48
+# registers and spills in the fallback's code
+RESOLVE_LAUNCH = dict(num_warps=4, enable_fp_fusion=False, maxnreg=80)
+ABS_MASK = tl.constexpr(0x7FFFFFFF)
+
+# Workspace slots, as the kernels index them. counters (int64): 0 sample programs done,
+# 1 candidates spilled, 4 misses so far, 5 resolve programs done (partial ties), 6 ties set aside.
+# state (int64): 0 lo, 1 hi (the bracket), 2 threshold key, 3 ties to prune, 4 ties in total,
+# 5 partial tie, 6 miss, 7 candidates, 8 spilled candidates stored.
+_MISSES, _PARTIAL, _MISS = 4, 5, 6
+
+
+# prune counts and ranks are plain integers (no divisibility specialisation): one compiled
+# variant for every sparsity, so a CUDA graph captured for a new one compiles nothing
+@triton.jit(do_not_specialize=["rank_lo", "rank_mid", "rank_hi"])
+def _sample(keys_ptrs, grad_ptrs, rho, scale_ptr, chunk_tensor, chunk_start, numel, groups,
+            num_chunks, coarse, counters, state, rank_lo, rank_mid, rank_hi,
+            PERTURB: tl.constexpr, NORM: tl.constexpr, FULL_SAMPLE: tl.constexpr,
+            FORCE_MISS: tl.constexpr, CHUNKS: tl.constexpr, BLOCK: tl.constexpr,
+            SAMPLE: tl.constexpr, RUN: tl.constexpr, STRIDE: tl.constexpr,
+            COARSE: tl.constexpr, SHIFT: tl.constexpr, SPAN: tl.constexpr):
+    # CHUNKS chunks at once, as rows of one block: their loads are all in flight together
+    rows = tl.program_id(0) * CHUNKS + tl.arange(0, CHUNKS)
+    lane = tl.arange(0, SAMPLE)
+    if FULL_SAMPLE:
+        index = lane
+    else:
+        index = (lane // RUN) * STRIDE + lane % RUN
+    live = rows < num_chunks
+    t = tl.load(chunk_tensor + rows, mask=live, other=0)
+    selected = live & (tl.load(groups + t, mask=live, other=-1) >= 0)
+    start = tl.load(chunk_start + rows, mask=selected, other=0)
+    size = tl.minimum(tl.load(numel + t, mask=selected, other=0) - start, BLOCK)
+    valid = selected[:, None] & (index[None, :] < size[:, None])
+    offsets = start[:, None] + index[None, :]
+    w_at = tl.load(keys_ptrs + t, mask=selected, other=0).to(tl.pointer_type(tl.float32))
+    w = tl.load(w_at[:, None] + offsets, mask=valid, other=0.0)
+    if PERTURB:  # w + rho * g as the full pass computes it
+        g_at = tl.load(grad_ptrs + t, mask=selected, other=0).to(tl.pointer_type(tl.float32))
+        g = tl.load(g_at[:, None] + offsets, mask=valid, other=0.0)
+        scale = tl.load(rho + t, mask=selected, other=0.0)
+        if NORM:
+            scale = tl.load(scale_ptr) * scale
+        w = w + g * scale[:, None]
+    key = w.to(tl.int32, bitcast=True) & ABS_MASK
+    tl.atomic_add(coarse + (key >> SHIFT), tl.full([CHUNKS, SAMPLE], 1, tl.int32), mask=valid,
+                  sem="relaxed")
+    tl.debug_barrier()  # every thread's atomics before this program counts itself done
+    if tl.atomic_add(counters + 0, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+        _pick_bracket(coarse, counters, state, rank_lo, rank_mid, rank_hi, FORCE_MISS, COARSE,
+                      SHIFT, SPAN)
+
+
+@triton.jit
+def _pick_bracket(coarse, counters, state, rank_lo, rank_mid, rank_hi, FORCE_MISS: tl.constexpr,
+                  COARSE: tl.constexpr, SHIFT: tl.constexpr, SPAN: tl.constexpr):
+    """The last sample program: bins holding sample ranks rank_lo + 1, rank_mid and rank_hi ->
+    state[lo, hi]; the histogram is cleared for the next call."""
+    SCAN: tl.constexpr = 4096
+    bins = tl.arange(0, SCAN)
+    carry = tl.zeros([], tl.int32)
+    lo_bin = tl.zeros([], tl.int32)
+    mid_bin = tl.zeros([], tl.int32)
+    hi_bin = tl.zeros([], tl.int32)
+    for start in range(0, COARSE, SCAN):
+        counts = tl.load(coarse + start + bins, cache_modifier=".cg")
+        cumulative = carry + tl.cumsum(counts, 0)
+        lo_bin += tl.sum((cumulative <= rank_lo).to(tl.int32))
+        mid_bin += tl.sum((cumulative < rank_mid).to(tl.int32))
+        hi_bin += tl.sum((cumulative < rank_hi).to(tl.int32))
+        tl.store(coarse + start + bins, tl.zeros([SCAN], tl.int32))
+        carry += tl.sum(counts, 0)
+    # a bracket wider than SPAN bins keeps the SPAN around the expected rank (a miss if the
+    # k-th key is outside: rare, and exact anyway)
+    wide = hi_bin - lo_bin + 1 > SPAN
+    lo_bin = tl.where(wide, tl.maximum(lo_bin, mid_bin - SPAN // 2 + 1), lo_bin)
+    hi_bin = tl.where(wide, tl.minimum(hi_bin, lo_bin + SPAN - 1), hi_bin)
+    lo = lo_bin.to(tl.int64) << SHIFT
+    hi = tl.minimum(((hi_bin.to(tl.int64) + 1) << SHIFT) - 1, 0x7FFFFFFF)
+    if FORCE_MISS:  # tests: a bracket that holds (almost) nothing
+        lo = tl.full([], 0x7FFFFFFF, tl.int64)
+        hi = tl.full([], 0x7FFFFFFF, tl.int64)
+    tl.store(state + 0, lo)
+    tl.store(state + 1, hi)
+    tl.store(counters + 0, 0)
+
+
+@triton.jit
+def _full(keys_ptrs, grad_ptrs, wsave_ptrs, gsave_ptrs, mask_ptrs, rho, scale_ptr,
+          chunk_tensor, chunk_start, numel, groups, counters, state, l1, l2, above_count,
+          cand_count, cand_keys, cand_lanes, spill_keys, spill_where, spill_cap,
+          PERTURB: tl.constexpr, PLUS: tl.constexpr, NORM: tl.constexpr, ZERO: tl.constexpr,
+          ALIGNED: tl.constexpr, BLOCK: tl.constexpr, FINE: tl.constexpr, L1_SHIFT: tl.constexpr,
+          BUCKET: tl.constexpr):
+    t, start, size = ck.chunk(chunk_tensor, chunk_start, numel, BLOCK)
+    if size == BLOCK:
+        _full_chunk(keys_ptrs, grad_ptrs, wsave_ptrs, gsave_ptrs, mask_ptrs, rho, scale_ptr,
+                    groups, counters, state, l1, l2, above_count, cand_count, cand_keys,
+                    cand_lanes, spill_keys, spill_where, spill_cap, t, start, size, PERTURB, PLUS,
+                    NORM, ZERO, ALIGNED, True, BLOCK, FINE, L1_SHIFT, BUCKET)
+    else:
+        _full_chunk(keys_ptrs, grad_ptrs, wsave_ptrs, gsave_ptrs, mask_ptrs, rho, scale_ptr,
+                    groups, counters, state, l1, l2, above_count, cand_count, cand_keys,
+                    cand_lanes, spill_keys, spill_where, spill_cap, t, start, size, PERTURB, PLUS,
+                    NORM, ZERO, ALIGNED, False, BLOCK, FINE, L1_SHIFT, BUCKET)
+
+
+@triton.jit
+def _full_chunk(keys_ptrs, grad_ptrs, wsave_ptrs, gsave_ptrs, mask_ptrs, rho, scale_ptr, groups,
+                counters, state, l1, l2, above_count, cand_count, cand_keys, cand_lanes,
+                spill_keys, spill_where, spill_cap, t, start, size,
+                PERTURB: tl.constexpr, PLUS: tl.constexpr, NORM: tl.constexpr,
+                ZERO: tl.constexpr, ALIGNED: tl.constexpr, FULL: tl.constexpr,
+                BLOCK: tl.constexpr, FINE: tl.constexpr, L1_SHIFT: tl.constexpr,
+                BUCKET: tl.constexpr):
+    c = tl.program_id(0)
+    w_at = ck.base(keys_ptrs, t, start, tl.float32, ALIGNED)
+    w = ck.load(w_at, size, FULL, BLOCK)
+    if PERTURB:  # the CrAM step's first half: save w (and g), w += rho * g
+        g = ck.load(ck.base(grad_ptrs, t, start, tl.float32, ALIGNED), size, FULL, BLOCK)
+        ck.store(ck.base(wsave_ptrs, t, start, tl.float32, ALIGNED), w, size, FULL, BLOCK)
+        if PLUS:
+            ck.store(ck.base(gsave_ptrs, t, start, tl.float32, ALIGNED), g, size, FULL, BLOCK)
+        scale = tl.load(rho + t)
+        if NORM:
+            scale = tl.load(scale_ptr) * scale
+        w = w + g * scale
+    if tl.load(groups + t) >= 0:
+        valid = ck.in_chunk(size, FULL, BLOCK)
+        key = w.to(tl.int32, bitcast=True) & ABS_MASK
+        lo = tl.load(state + 0).to(tl.int32)
+        hi = tl.load(state + 1).to(tl.int32)
+        above = key > hi
+        below = key < lo
+        candidate = valid & ~above & ~below
+        ck.store(ck.base(mask_ptrs, t, start, tl.int8, ALIGNED), above.to(tl.int8), size, FULL,
+                 BLOCK)
+        if ZERO:  # candidates keep their value until they are resolved
+            w = w * (~below).to(tl.float32)
+        if PERTURB or ZERO:  # stored now: w is dead during the compaction (registers)
+            ck.store(w_at, w, size, FULL, BLOCK)
+        count = tl.sum(candidate.to(tl.int32), 0)
+        tl.store(above_count + c, tl.sum((valid & above).to(tl.int32), 0))
+        tl.store(cand_count + c, count)
+        if count > 0:  # this chunk's bucket: slots in lane order
+            slot = tl.cumsum(candidate.to(tl.int32), 0) - 1
+            stored = candidate & (slot < BUCKET)
+            bucket = c.to(tl.int64) * BUCKET
+            tl.store(cand_keys + bucket + slot, key, mask=stored)
+            tl.store(cand_lanes + bucket + slot, tl.arange(0, BLOCK), mask=stored)
+            if count > BUCKET:  # rare (a chunk dense near the threshold): the rest to the spill
+                first = tl.atomic_add(counters + 1, count - BUCKET, sem="relaxed") - BUCKET
+                # (scalar bases, int32 lanes: no 64-bit vectors in this kernel's registers)
+                spilled = candidate & (slot >= BUCKET) & (slot < spill_cap - first)
+                tl.store(spill_keys + first + slot, key, mask=spilled)
+                tl.store(spill_where + first + slot, c * BLOCK + tl.arange(0, BLOCK),
+                         mask=spilled)
+            offset = key - lo
+            counted = candidate & (offset < FINE)
+            ones = tl.full([BLOCK], 1, tl.int32)
+            tl.atomic_add(l1 + (offset >> L1_SHIFT), ones, mask=counted, sem="relaxed")
+            tl.atomic_add(l2 + offset, ones, mask=counted, sem="relaxed")
+    else:  # tensors outside the group (BatchNorm, biases) are only perturbed
+        tl.store(above_count + c, 0)
+        tl.store(cand_count + c, 0)
+        if PERTURB:
+            ck.store(w_at, w, size, FULL, BLOCK)
+
+
+@triton.jit(do_not_specialize=["k", "n", "spill_cap"])
+def _pick(counters, state, l1, l2, above_count, cand_count, num_chunks, k, n, spill_cap,
+          FINE: tl.constexpr, L1: tl.constexpr, L1_SHIFT: tl.constexpr, TIE_CAP: tl.constexpr):
+    """One program: the exact threshold key among the candidates, or a miss."""
+    SCAN: tl.constexpr = 4096
+    lanes = tl.arange(0, SCAN)
+    above = tl.zeros([], tl.int64)
+    candidates = tl.zeros([], tl.int64)
+    for start in range(0, num_chunks, SCAN):
+        index = start + lanes
+        live = index < num_chunks
+        above += tl.sum(tl.load(above_count + index, mask=live, other=0).to(tl.int64))
+        candidates += tl.sum(tl.load(cand_count + index, mask=live, other=0).to(tl.int64))
+    spilled = tl.load(counters + 1)
+    tl.store(counters + 1, 0)
+    tl.store(state + 8, tl.minimum(spilled, spill_cap))
+    lo = tl.load(state + 0)
+    hi = tl.load(state + 1)
+    rank = k - (n - above - candidates)  # rank of the k-th key among the candidates
+    miss = (rank < 0) | (rank > candidates) | (spilled > spill_cap) | (hi - lo + 1 > FINE)
+    wanted = tl.maximum(tl.minimum(rank, candidates), 0).to(tl.int32)
+    bins = tl.arange(0, L1)
+    coarse = tl.load(l1 + bins)
+    tl.store(l1 + bins, tl.zeros([L1], tl.int32))  # clean for the next call
+    under = tl.cumsum(coarse, 0) < wanted
+    digit = tl.minimum(tl.sum(under.to(tl.int32)), L1 - 1)  # the L1 bin of the wanted rank
+    rank2 = wanted - tl.sum(tl.where(under, coarse, 0))
+    SUB: tl.constexpr = 1 << L1_SHIFT
+    sub = tl.arange(0, SUB)
+    fine = tl.load(l2 + digit * SUB + sub)
+    under = tl.cumsum(fine, 0) < rank2
+    low = tl.minimum(tl.sum(under.to(tl.int32)), SUB - 1)
+    threshold = lo + digit * SUB + low
+    to_prune = (rank2 - tl.sum(tl.where(under, fine, 0))).to(tl.int64)
+    total = tl.sum(tl.where(sub == low, fine, 0)).to(tl.int64)
+    none = rank <= 0  # no candidate pruned: every key >= lo is kept
+    threshold = tl.where(none, lo - 1, threshold)
+    to_prune = tl.where(none, 0, to_prune)
+    total = tl.where(none, 0, total)
+    partial = (to_prune > 0) & (to_prune < total)
+    miss = miss | (partial & (total > TIE_CAP))
+    tl.store(state + 2, threshold)
+    tl.store(state + 3, to_prune)
+    tl.store(state + 4, total)
+    tl.store(state + 5, partial.to(tl.int64))
+    tl.store(state + 6, miss.to(tl.int64))
+    tl.store(state + 7, candidates)
+    tl.store(counters + 4, tl.load(counters + 4) + miss.to(tl.int64))
+
+
+@triton.jit
+def logical_index(offset, sizes, strides, t):
+    """Row-major index of the element at memory `offset` of dense tensor t (4-dim int32 tables;
+    every index is below triton_layout.MAX_NUMEL)."""
+    index = tl.zeros_like(offset)
+    for d in tl.static_range(4):
+        size = tl.load(sizes + t * 4 + d)
+        stride = tl.maximum(tl.load(strides + t * 4 + d), 1)
+        index = index * size + tl.where(size > 1, (offset // stride) % size, 0)
+    return index
+
+
+@triton.jit(do_not_specialize=["k"])
+def _resolve(keys_ptrs, mask_ptrs, grad_ptrs, wsave_ptrs, rho, scale_ptr, chunk_tensor,
+             chunk_start, numel, sizes, strides, groups, num_chunks, counters, state, l1, l2,
+             cand_count, cand_keys, cand_lanes, spill_keys, spill_where, tie_tensor, tie_offset,
+             tie_index, k, PERTURB: tl.constexpr, NORM: tl.constexpr, ZERO: tl.constexpr,
+             FINE: tl.constexpr, BUCKET: tl.constexpr, CHUNK: tl.constexpr,
+             LANES: tl.constexpr):
+    """Programs 0 .. num_chunks - 1: a chunk's bucket each; the others: BUCKET spilled
+    candidates each."""
+    if tl.load(state + 6) != 0:  # the bracket missed: the first program redoes it all, exactly
+        if tl.program_id(0) == 0:
+            CLEAR: tl.constexpr = 1024
+            for start in range(0, FINE, CLEAR):  # (overflowed candidates left counts behind)
+                tl.store(l2 + start + tl.arange(0, CLEAR), tl.zeros([CLEAR], tl.int32))
+            fallback_select(keys_ptrs, mask_ptrs, grad_ptrs, wsave_ptrs, rho, scale_ptr,
+                            chunk_tensor, chunk_start, numel, sizes, strides, groups, num_chunks,
+                            k, l1, PERTURB, NORM, ZERO, LANES)
+    else:
+        partial = tl.load(state + 5) != 0
+        r = tl.program_id(0)
+        slots = tl.arange(0, BUCKET)
+        if r < num_chunks:  # the chunk's own bucket
+            used = tl.minimum(tl.load(cand_count + r), BUCKET)
+            bucket = r.to(tl.int64) * BUCKET
+            valid = slots < used
+            key = tl.load(cand_keys + bucket + slots, mask=valid, other=0)
+            where = r * CHUNK + tl.load(cand_lanes + bucket + slots, mask=valid, other=0)
+        else:  # a block of the spill area
+            first = (r - num_chunks).to(tl.int64) * BUCKET
+            used = tl.minimum(tl.load(state + 8) - first, BUCKET).to(tl.int32)
+            valid = slots < used
+            key = tl.load(spill_keys + first + slots, mask=valid, other=0)
+            where = tl.load(spill_where + first + slots, mask=valid, other=0)
+        if used > 0:
+            _resolve_candidates(keys_ptrs, mask_ptrs, chunk_tensor, chunk_start, sizes, strides,
+                                counters, state, l2, key, where, valid, tie_tensor, tie_offset,
+                                tie_index, partial, ZERO, FINE, BUCKET, CHUNK)
+        if partial:  # the last program orders the ties the others set aside
+            tl.debug_barrier()
+            if tl.atomic_add(counters + 5, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+                _rank_ties(keys_ptrs, mask_ptrs, counters, state, tie_tensor, tie_offset,
+                           tie_index, ZERO)
+
+
+@triton.jit
+def _resolve_candidates(keys_ptrs, mask_ptrs, chunk_tensor, chunk_start, sizes, strides,
+                        counters, state, l2, key, where, valid, tie_tensor, tie_offset,
+                        tie_index, partial, ZERO: tl.constexpr, FINE: tl.constexpr,
+                        LANES: tl.constexpr, CHUNK: tl.constexpr):
+    """Masks (and zeros) of candidates at chunk * CHUNK + lane `where`."""
+    chunk = where // CHUNK
+    t = tl.load(chunk_tensor + chunk, mask=valid, other=0)
+    offset = tl.load(chunk_start + chunk, mask=valid, other=0) + where % CHUNK
+    # every bracket counter the full pass raised belongs to a stored candidate: clear it
+    fine = key - tl.load(state + 0).to(tl.int32)
+    tl.store(l2 + fine, tl.zeros([LANES], tl.int32), mask=valid & (fine < FINE))
+    threshold = tl.load(state + 2).to(tl.int32)
+    keep = key > threshold
+    write = valid
+    if partial:  # ties at the threshold: set aside (tensor, offset, row-major index)
+        tie = valid & (key == threshold)
+        count = tl.sum(tie.to(tl.int32), 0)
+        if count > 0:
+            slot = tl.atomic_add(counters + 6, count, sem="relaxed") + tl.cumsum(
+                tie.to(tl.int32), 0) - 1
+            tl.store(tie_tensor + slot, t, mask=tie)
+            tl.store(tie_offset + slot, offset, mask=tie)
+            tl.store(tie_index + slot, logical_index(offset, sizes, strides, t), mask=tie)
+        write = valid & ~tie
+    mask_at = tl.load(mask_ptrs + t, mask=write, other=0).to(tl.pointer_type(tl.int8))
+    tl.store(mask_at + offset, keep.to(tl.int8), mask=write)
+    if ZERO:
+        w_at = tl.load(keys_ptrs + t, mask=write, other=0).to(tl.pointer_type(tl.float32))
+        w = tl.load(w_at + offset, mask=write, other=0.0)
+        tl.store(w_at + offset, w * keep.to(tl.float32), mask=write)
+
+
+@triton.jit
+def _rank_ties(keys_ptrs, mask_ptrs, counters, state, tie_tensor, tie_offset, tie_index,
+               ZERO: tl.constexpr):
+    """Ties beyond the first `to_prune` in (tensor, row-major index) order are kept."""
+    total = tl.load(counters + 6, cache_modifier=".cg")
+    to_prune = tl.load(state + 3)
+    LANES: tl.constexpr = 256
+    for start in range(0, total, LANES):
+        index = start + tl.arange(0, LANES)
+        valid = index < total
+        t = tl.load(tie_tensor + index, mask=valid, other=0, cache_modifier=".cg")
+        me = tl.load(tie_index + index, mask=valid, other=0, cache_modifier=".cg")
+        before = tl.zeros([LANES], tl.int32)
+        for j in range(0, total):
+            other_t = tl.load(tie_tensor + j, cache_modifier=".cg")
+            other = tl.load(tie_index + j, cache_modifier=".cg")
+            before += ((other_t < t) | ((other_t == t) & (other < me))).to(tl.int32)
+        keep = before >= to_prune
+        offset = tl.load(tie_offset + index, mask=valid, other=0, cache_modifier=".cg")
+        mask_at = tl.load(mask_ptrs + t, mask=valid, other=0).to(tl.pointer_type(tl.int8))
+        tl.store(mask_at + offset, keep.to(tl.int8), mask=valid)
+        if ZERO:
+            w_at = tl.load(keys_ptrs + t, mask=valid, other=0).to(tl.pointer_type(tl.float32))
+            w = tl.load(w_at + offset, mask=valid, other=0.0)
+            tl.store(w_at + offset, w * keep.to(tl.float32), mask=valid)
+    tl.store(counters + 5, 0)
+    tl.store(counters + 6, 0)
+
+
+# -- host side ------------------------------------------------------------------------------------
+class Workspace:
+    """Device scratch of the bracket select for up to `chunks` chunks, zero between calls where it
+    must be (the kernels clear what they use; the per-chunk counts are rewritten every call).
+
+    Calls that share a workspace must run in stream order (one stream), as a training step does."""
+
+    def __init__(self, device: torch.device, chunks: int, bucket: int = BUCKET,
+                 spill: int | None = None):
+        self.chunks, self.bucket = chunks, bucket
+        self.spill_cap = spill if spill is not None else max(chunks * SPILL_PER_CHUNK, SPILL_MIN)
+        zeros = lambda n, dtype: torch.zeros(n, dtype=dtype, device=device)  # noqa: E731
+        empty = lambda n, dtype: torch.empty(n, dtype=dtype, device=device)  # noqa: E731
+        self.counters = zeros(8, torch.int64)
+        self.state = zeros(16, torch.int64)
+        self.spill_keys = empty(self.spill_cap, torch.int32)
+        self.spill_where = empty(self.spill_cap, torch.int32)
+        self.coarse = zeros(COARSE_BINS, torch.int32)
+        self.l1 = zeros(L1_BINS, torch.int32)
+        self.l2 = zeros(FINE_WIDTH, torch.int32)
+        self.above_count = empty(chunks, torch.int32)
+        self.cand_count = empty(chunks, torch.int32)
+        self.cand_keys = empty(chunks * bucket, torch.int32)
+        self.cand_lanes = empty(chunks * bucket, torch.int32)
+        self.tie_tensor = empty(TIE_CAP, torch.int32)
+        self.tie_offset = empty(TIE_CAP, torch.int32)
+        self.tie_index = empty(TIE_CAP, torch.int32)
+
+    @property
+    def candidates(self) -> tuple:
+        """The per-chunk candidate buckets (count, keys, lanes) and the spill area (keys, where),
+        as the launches take them."""
+        return self.cand_count, self.cand_keys, self.cand_lanes, self.spill_keys, self.spill_where
+
+    @property
+    def ties(self) -> tuple:
+        """The ties set aside by the resolve launch (tensor, memory offset, row-major index)."""
+        return self.tie_tensor, self.tie_offset, self.tie_index
+
+    @property
+    def misses(self) -> torch.Tensor:
+        """Brackets missed so far (each then selected by the exact fallback); on the device."""
+        return self.counters[_MISSES]
+
+
+_workspaces: dict = {}
+
+
+def workspace(device: torch.device, chunks: int) -> Workspace:
+    """A workspace for at least `chunks` chunks on `device`, shared by the plans there."""
+    space = _workspaces.get(device)
+    if space is None or space.chunks < chunks:
+        space = _workspaces[device] = Workspace(device, chunks)
+    return space
+
+
+def sample_count(numels, groups) -> int:
+    """How many keys the sample pass reads from the selected tensors (runs of SAMPLE_RUN every
+    SAMPLE_STRIDE keys from the start of each chunk)."""
+    sizes = []
+    for n, group in zip(numels, groups):
+        if group >= 0:
+            full, rest = divmod(n, BLOCK)
+            sizes.append(np.full(full, BLOCK))
+            if rest:
+                sizes.append(np.array([rest]))
+    if not sizes:
+        return 0
+    size = np.concatenate(sizes)[:, None]
+    runs = np.arange(0, BLOCK, SAMPLE_STRIDE)[None, :]
+    return int(np.clip(size - runs, 0, SAMPLE_RUN).sum())
+
+
+class BracketPlan:
+    """What the four launches of one selection group need beside the pointer tables: the
+    layout's chunking, the sample size and bracket ranks per k, the workspace and grids."""
+
+    def __init__(self, plan, numels, groups, device: torch.device):
+        self.layout = plan
+        self.n = sum(n for n, g in zip(numels, groups) if g >= 0)
+        self.full_sample = self.n <= FULL_SAMPLE_MAX
+        self.m = self.n if self.full_sample else sample_count(numels, groups)
+        self.workspace = workspace(device, max(plan.num_chunks, 1))
+        chunks = 1 if self.full_sample else SAMPLE_CHUNKS
+        self.sample_grid = (max(triton.cdiv(plan.num_chunks, chunks), 1),)
+        self.grid = (max(plan.num_chunks, 1),)
+        self.resolve_grid = (plan.num_chunks + triton.cdiv(self.workspace.spill_cap,
+                                                          self.workspace.bucket),)
+        self._ranks: dict = {}
+
+    def ranks(self, k: int) -> tuple[int, int, int]:
+        """Sample ranks bounding the k-th key: expected rank -+ Z standard deviations of a
+        sampled quantile (finite-population corrected) and MIN_SLACK."""
+        ranks = self._ranks.get(k)
+        if ranks is None:
+            p = min(max(k / self.n, 0.0), 1.0) if self.n else 0.0
+            mean = p * self.m
+            sd = math.sqrt(max(self.m * p * (1 - p) * (1 - self.m / self.n), 0.0)) if self.n else 0
+            slack = Z_SCORE * sd + MIN_SLACK
+            ranks = self._ranks[k] = (math.floor(mean - slack), round(mean),
+                                      math.ceil(mean + slack))
+        return ranks
+
+    def run(self, keys, masks, k: int, zero: bool, perturb=None, is_aligned: bool = True,
+            force_miss: bool = False) -> None:
+        """The four launches. keys/masks: Pointers tables; perturb: the perturbation's argument
+        tables and flags (`triton_select._perturbation_args`), or None."""
+        plan, space = self.layout, self.workspace
+        if perturb is None:
+            grads = wsaves = gsaves = keys.table
+            rho, scale, flags = space.counters, space.counters, dict(PERTURB=False, PLUS=False,
+                                                                      NORM=False)
+        else:
+            (_, grads, wsaves, gsaves, rho, scale), flags = perturb
+        rank_lo, rank_mid, rank_hi = self.ranks(k)
+        chunks = (plan.chunk_tensor, plan.chunk_start, plan.numel)
+        per_program = 1 if self.full_sample else SAMPLE_CHUNKS
+        _sample[self.sample_grid](
+            keys.table, grads, rho, scale, *chunks, plan.groups, plan.num_chunks, space.coarse,
+            space.counters, space.state, rank_lo, rank_mid, rank_hi, PERTURB=flags["PERTURB"],
+            NORM=flags["NORM"], FULL_SAMPLE=self.full_sample, FORCE_MISS=force_miss,
+            CHUNKS=per_program, BLOCK=BLOCK, SAMPLE=BLOCK if self.full_sample else SAMPLE_SIZE,
+            RUN=SAMPLE_RUN, STRIDE=SAMPLE_STRIDE, COARSE=COARSE_BINS, SHIFT=COARSE_SHIFT,
+            SPAN=MAX_SPAN, **SAMPLE_LAUNCH)
+        _full[self.grid](
+            keys.table, grads, wsaves, gsaves, masks.table, rho, scale, *chunks, plan.groups,
+            space.counters, space.state, space.l1, space.l2, space.above_count,
+            *space.candidates, space.spill_cap, **flags, ZERO=zero, ALIGNED=is_aligned,
+            BLOCK=BLOCK, FINE=FINE_WIDTH, L1_SHIFT=L1_SHIFT, BUCKET=space.bucket, **FULL_LAUNCH)
+        _pick[(1,)](space.counters, space.state, space.l1, space.l2, space.above_count,
+                    space.cand_count, plan.num_chunks, k, self.n, space.spill_cap,
+                    FINE=FINE_WIDTH, L1=L1_BINS, L1_SHIFT=L1_SHIFT, TIE_CAP=TIE_CAP,
+                    **PICK_LAUNCH)
+        _resolve[self.resolve_grid](
+            keys.table, masks.table, grads, wsaves, rho, scale, *chunks, plan.sizes,
+            plan.strides, plan.groups, plan.num_chunks, space.counters, space.state, space.l1,
+            space.l2, *space.candidates, *space.ties, k, PERTURB=flags["PERTURB"],
+            NORM=flags["NORM"], ZERO=zero, FINE=FINE_WIDTH, BUCKET=space.bucket, CHUNK=BLOCK,
+            LANES=FALLBACK_LANES, **RESOLVE_LAUNCH)

@@ -1,0 +1,123 @@
+"""CUDA graphs of the fused CrAM step's optimizer side (`TopkCrAM(..., cuda_graph=True)`).
+
+A full CrAM step hands the GPU two bursts of small launches between the model's passes: the
+first half (perturb + select, three launches for a global threshold) and the second (finish +
+the base optimizer's fused update). Each is captured once, after `warmup` eager full steps, and
+then replayed: one graph per drawn sparsity (or N:M pattern) for the first half -- the prune
+count is a launch argument -- and one for the second.
+
+What makes the captured launches valid in later steps:
+- every buffer they touch is persistent: parameters, saved w and g, masks, the selection's
+  workspace (`kernels.triton_step.StepPlan`), the momentum buffers (created by the warm-up);
+- the gradients autograd allocates anew each pass are read through device tables of addresses
+  that the plan rewrites in place when they move; the base optimizer, which reads `.grad`
+  directly, is captured reading the optimizer's own buffers, into which the finish writes d;
+- the learning rate is a device tensor per parameter group, refreshed from the group's float
+  before each step (one tiny copy), so schedules never force a recapture. It is the float
+  rounded to float32, in eager steps too, so a run with graphs equals one without them whenever
+  the learning rate is representable in float32, and is otherwise within that rounding;
+- a change of the plan (other parameters, gradients of another alignment), of the hyper-
+  parameters baked into the base optimizer's launch, or a loaded state_dict (new momentum
+  buffers) captures anew.
+The fused base optimizer is required (torch.optim.SGD(fused=True), as `make_optimizer` builds
+on CUDA): its foreach form reads a tensor learning rate back to the host.
+"""
+from __future__ import annotations
+
+import torch
+
+WARMUP_STEPS = 2  # eager full steps first: kernels compiled, momentum buffers made, allocator warm
+_BAKED = ("momentum", "weight_decay", "dampening", "nesterov", "maximize")
+
+
+class StepGraphs:
+    def __init__(self, optimizer, warmup: int = WARMUP_STEPS):
+        self.optimizer, self.warmup = optimizer, warmup
+        self.full_steps = 0
+        self.graphs: dict = {}
+        self.plan = None  # the plan the graphs were captured with (kept alive: ids stay unique)
+        self.pool = None
+        self.lr: list[torch.Tensor] = []
+        self.lr_values: list = []
+
+    def ready(self) -> bool:
+        return self.full_steps >= self.warmup
+
+    def invalidate(self) -> None:
+        self.graphs.clear()
+
+    def _key(self, key, plan) -> tuple:
+        baked = tuple(tuple(group.get(name) for name in _BAKED)
+                      for group in self.optimizer.param_groups)
+        return (key, id(plan), plan.version, baked)
+
+    def run(self, key, plan, launches) -> None:
+        """launches() eagerly during the warm-up, else through its graph (captured on first use)."""
+        if not self.ready():
+            launches()
+            return
+        self.sync_lr()
+        if plan is not self.plan:  # a rebuilt plan: the old graphs address its freed tables
+            self.graphs.clear()
+            self.plan = plan
+        full_key = self._key(key, plan)
+        graph = self.graphs.get(full_key)
+        if graph is None:
+            graph = self.graphs[full_key] = self._capture(launches)
+        graph.replay()
+
+    def _capture(self, launches) -> torch.cuda.CUDAGraph:
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the data loader's thread may keep working on its own stream meanwhile
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            launches()
+        return graph
+
+    # -- the base optimizer's step with device learning rates --------------------------------
+    def sync_lr(self) -> None:
+        """Copy each group's learning rate into its device tensor when it changed."""
+        groups = self.optimizer.param_groups
+        if len(self.lr) != len(groups):
+            device = next(p.device for g in groups for p in g["params"])
+            self.lr = [torch.zeros((), dtype=torch.float32, device=device) for _ in groups]
+            self.lr_values = [None] * len(groups)
+        for i, group in enumerate(groups):
+            value = group["lr"]
+            if isinstance(value, torch.Tensor):
+                value = float(value)  # (a tensor learning rate: read once per change)
+            if value != self.lr_values[i]:
+                self.lr[i].fill_(value)
+                self.lr_values[i] = value
+
+    def base_step(self, grads=None, params=None) -> None:
+        """The base optimizer's step with the device learning rates; with `grads`, params' .grad
+        point at those buffers first (what a captured step must read)."""
+        if grads is not None:
+            for p, g in zip(params, grads):
+                p.grad = g
+        groups = self.optimizer.param_groups
+        saved = [group["lr"] for group in groups]
+        try:
+            for group, lr in zip(groups, self.lr):
+                group["lr"] = lr
+            self.optimizer.base_optimizer.step()
+        finally:
+            for group, value in zip(groups, saved):
+                group["lr"] = value
+
+
+def graph_problem(optimizer) -> str | None:
+    """Why `cuda_graph=True` cannot work with this optimizer's settings (None: it can)."""
+    if optimizer.kernels is False:
+        return "cuda_graph=True captures the fused kernels: kernels=False turns them off"
+    if optimizer.reuse:
+        return "cuda_graph=True does not take reuse=True (the reused term is kept by torch ops)"
+    if optimizer.use_grad_norm:
+        return "cuda_graph=True does not take grad_norm=True (the norm reads .grad directly)"
+    defaults = optimizer.base_optimizer.defaults
+    if not defaults.get("fused"):
+        return ("cuda_graph=True needs the base optimizer's fused form, e.g. "
+                "torch.optim.SGD with fused=True")
+    return None
