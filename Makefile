@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 test: setup $(TRITON36)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # the whole pipeline on a generated dataset: convert, train CrAM+ and SGD, prune and compare
 demo: setup

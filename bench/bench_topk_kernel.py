@@ -11,14 +11,17 @@
    select, (e) the forced-miss fallback (two calls); floor = read |w| once + write a bool mask
    at the measured device-to-device copy bandwidth. Kernel paths are timed queued behind a GPU
    sleep, so the times are the device's (launch gaps hidden); (b) waits for the host anyway.
+2b. The bracket select's settings side by side (`bracket_configs.py`): histogram copies, sample
+   stride, full-pass warps, first-level bin width; each checked, timed and profiled.
 3. Where the time goes: torch.profiler kernels (device us, count) of one (d) call and of one
    CrAM+ optimizer side (first_step + second_step), eager and replayed; host time to issue one
    (d) call and one optimizer side (GPU idle before).
 4. Bracket health: first halves of CrAM+ (perturb + select) on ResNet-50 with real gradients
    (4 batches, random scale): misses (`Workspace.misses`) and candidates per call.
 5. The optimizer side within a batch-128 bf16 channels_last ResNet-50 CrAM+ step: fused eager,
-   fused + CUDA graphs, torch path; fused SGD alone vs its floor (params, grads, momentum read;
-   params, momentum written).
+   fused + CUDA graphs, torch path (weights and gradients restored before each timed side;
+   bracket misses counted per optimizer); fused SGD alone vs its floor (params, grads, momentum
+   read; params, momentum written).
 6. CrAM+ / SGD step time through the trainer's TrainStep + make_optimizer (224 px, bf16,
    channels_last), methods interleaved over rounds.
 Targets on one H200: (d) <= 0.1 ms and <= 3x floor, >= 30x faster than (a); host <= 0.1 ms per
@@ -171,7 +174,7 @@ def main():
                          need_s=15)
     if masks:
         result["masks"], result["forced_miss"] = masks
-    result["bracket_configs"] = sections.run("2b. launch configurations", bracket_configs.sweep,
+    result["bracket_configs"] = sections.run("2b. bracket settings", bracket_configs.sweep,
                                              weights, clock, max(5, args.repeats // 2), profile,
                                              need_s=20)
     torch.backends.cudnn.benchmark = cuda  # as the trainer, from here on

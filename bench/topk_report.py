@@ -36,12 +36,13 @@ def summary(result):
         miss = result.get("forced_miss", {})
         lines.append(f"(e) forced miss (exact fallback): {ms(miss.get('median_s'), 1)} ms per call")
     if result.get("bracket_configs"):
-        rows = [[c["full_warps"], c["sample_chunks"], "yes" if c["equal"] else "NO",
-                 ms(c.get("seconds")), ", ".join(f"{short(k)} {us:.0f}" for k, us in
-                                                 (c.get("kernels_us") or {}).items())]
-                for c in result["bracket_configs"]]
-        lines.append(table(rows, ["full warps", "sample chunks", "equal", "(d) ms",
-                                  "kernels (us)"]))
+        configs = sorted(result["bracket_configs"], key=lambda c: c.get("seconds") or 1e9)
+        rows = [[c["sample_copies"], c["sample_stride"], c["full_warps"], c["l1_shift"],
+                 "yes" if c["equal"] else "NO", ms(c.get("seconds")), f"{c['candidates']:,}",
+                 ", ".join(f"{short(k)} {us:.0f}" for k, us in (c.get("kernels_us") or {}).items())]
+                for c in configs]
+        lines.append(table(rows, ["copies", "stride", "full warps", "l1 shift", "equal",
+                                  "(d) ms", "candidates", "kernels (us)"]))
     where = result.get("where_time_goes")
     if where:
         b = where["bracket_call"]
@@ -71,9 +72,12 @@ def summary(result):
                  ms(o.get("optimizer_side_device_s")), ms(o.get("optimizer_side_host_s")),
                  f"{100 * o['optimizer_side_s'] / o['step_s']:.2f}%",
                  f"{100 * o['optimizer_side_device_s'] / o['step_s']:.2f}%"
-                 if o.get("optimizer_side_device_s") else "-"] for name, o in step.items()]
+                 if o.get("optimizer_side_device_s") else "-",
+                 f"{o.get('step_misses', '-')}/{o.get('side_misses', '-')}"]
+                for name, o in step.items()]
         lines.append(table(rows, ["CrAM+ b128", "step ms", "side ms", "side device ms",
-                                  "side host ms", "side/step", "device/step"]))
+                                  "side host ms", "side/step", "device/step",
+                                  "misses steps/sides"]))
         sgd, floor_sgd = result.get("sgd_s"), result["sgd_floor_s"]
         lines.append(f"fused SGD alone {ms(sgd)} ms vs floor {ms(floor_sgd)} ms "
                      f"({ratio(sgd, floor_sgd)})")

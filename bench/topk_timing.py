@@ -210,8 +210,8 @@ def where_time_goes(weights, first_half, rigs, clock, repeats):
         rig = rigs.get(name)
         if rig is None:
             continue
-        side = profile(rig.optimizer_side, clock, calls, prepare=rig.restore_grads)
-        side["host_s"] = median(clock.host(rig.optimizer_side, repeats, prepare=rig.restore_grads))
+        side = profile(rig.optimizer_side, clock, calls, prepare=rig.restore)
+        side["host_s"] = median(clock.host(rig.optimizer_side, repeats, prepare=rig.restore))
         result[name] = side
     return result
 
@@ -270,15 +270,26 @@ class Rig:
         self.params = [p for p in self.model.parameters()]
         self.grads0 = [p.grad.clone() for p in self.params]
         self.grads = [g.clone() for g in self.grads0]
+        self.params0 = [p.detach().clone() for p in self.params]
 
     def step(self):
         train_step(self.model, self.opt, self.x, self.y)
 
-    def restore_grads(self):
-        """The second pass's gradients again (the finish overwrites them), at the same places."""
+    def restore(self):
+        """The weights and the second pass's gradients again (the finish overwrites them), at
+        the same places: timed optimizer sides on fixed gradients would otherwise walk the
+        weights along them until training diverges (and the weights' structure changes)."""
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.params0)
         torch._foreach_copy_(self.grads, self.grads0)
         for p, g in zip(self.params, self.grads):
             p.grad = g
+
+    def misses(self) -> int:
+        """Bracket misses so far in this optimizer's selections (0 on the torch path)."""
+        plan = getattr(self.opt, "_plan", None)
+        bracket = getattr(getattr(plan, "layout", None), "bracket", None)
+        return int(bracket.workspace.misses) if bracket is not None else 0
 
     def optimizer_side(self):
         self.opt.first_step(zero_grad=False)
@@ -288,17 +299,22 @@ class Rig:
 def time_step_overhead(rigs, clock, repeats, cuda):
     out = {}
     for name, rig in rigs.items():
+        misses = rig.misses()
         row = {"step_s": median(clock.alone(rig.step, repeats, warmup=1))}
+        row["step_misses"] = rig.misses() - misses
         row["optimizer_side_s"] = median(clock.alone(rig.optimizer_side, repeats,
-                                                     prepare=rig.restore_grads))
+                                                     prepare=rig.restore))
         if name != "torch path":  # (the torch path waits for the host: no queue to hide behind)
             row["optimizer_side_device_s"] = median(clock.queued(
-                rig.optimizer_side, repeats, prepare=rig.restore_grads, label=f"side {name}"))
+                rig.optimizer_side, repeats, prepare=rig.restore, label=f"side {name}"))
             row["optimizer_side_host_s"] = median(clock.host(rig.optimizer_side, repeats,
-                                                             prepare=rig.restore_grads))
+                                                             prepare=rig.restore))
+        row["side_misses"] = rig.misses() - misses - row["step_misses"]
+        graphs = getattr(rig.opt, "_graphs", None)
+        row["graphs_held"] = len(graphs.graphs) if graphs is not None else 0
         out[name] = row
     base = rigs["fused"].opt.base_optimizer
-    rigs["fused"].restore_grads()
+    rigs["fused"].restore()
     sgd = median(clock.queued(base.step, repeats, label="fused SGD"))
     return out, sgd
 

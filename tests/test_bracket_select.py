@@ -172,6 +172,39 @@ def test_sampled_bracket_takes_the_fast_path(device, monkeypatch):
         assert_clean(plan.workspace)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_sample_reads_as_many_keys_as_the_host_counts(device, monkeypatch):
+    # the bracket's ranks rest on the host's count of sampled keys: partial chunks (whose hashed
+    # run slots decide how many of their keys are read) and unselected tensors in between
+    monkeypatch.setattr(triton_bracket, "FULL_SAMPLE_MAX", 0)
+    shapes = [(32, 16, 3, 3), (2 * 4096 + 17,), (64,), (5000,), (24, 16, 3, 3), (10, 33), (3,)]
+    groups = [0, 0, -1, 0, 0, 0, -1]
+    tensors = random_tensors(3, device, shapes)
+    masks = [torch.empty_like(t, dtype=torch.bool) if g >= 0 else None
+             for t, g in zip(tensors, groups)]
+    n = sum(t.numel() for t, g in zip(tensors, groups) if g >= 0)
+    triton_select.select(tensors, groups, [prune_count(n, 0.7)], masks, False, method="bracket")
+    plan = plan_of(tensors, groups)
+    assert plan.n == n and not plan.full_sample
+    assert int(plan.workspace.state[triton_bracket._SAMPLED]) == plan.m < n
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sample_is_not_fooled_by_channel_structure(device, monkeypatch):
+    # channels_last filters whose first 8 input channels are 100x larger: a sample at a fixed
+    # offset of every stretch of keys reads only those channels, and its bracket misses
+    monkeypatch.setattr(triton_bracket, "FULL_SAMPLE_MAX", 0)
+    g = torch.Generator().manual_seed(11)
+    shape = (64, 64, 3, 3)
+    w = (1 + 0.05 * torch.rand(shape, generator=g)) * torch.randn(shape, generator=g).sign()
+    w[:, :8] *= 100
+    w = w.contiguous(memory_format=torch.channels_last).to(device)
+    for sparsity in (0.5, 0.7):
+        masks = magnitude_masks([w], sparsity, kernels=True)
+        assert_masks_equal_torch_path([w], masks, sparsity)
+        assert misses(plan_of([w]).workspace) == 0
+
+
 # -- 2. partial ties on the fast path ----------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("pruned", [2, 6], ids=["cut_in_channels_last", "cut_across_tensors"])

@@ -5,9 +5,10 @@ The radix select of `triton_select` histograms every key in two or three passes,
 weights are read once, with two comparisons per key, for the k-th smallest of one selection
 group (a global threshold; uniform sparsity keeps the radix passes). Four launches:
 
-  1. sample (`_sample`)  1/32 of the keys (runs of 8, one 32-byte sector in every 1 KB; every key
-                         when there are few) go into a 16,384-bin histogram of their top 14 bits
-                         (1/64 of an octave each) with relaxed atomics. The last program to finish
+  1. sample (`_sample`)  1/128 of the keys (runs of 8, one 32-byte sector in every 4 KB, at a
+                         hashed place; every key when there are few) go into a 16,384-bin
+                         histogram of their top 14 bits (1/64 of an octave each; 4 interleaved
+                         copies) with relaxed atomics. The last program to finish
                          turns it into a key bracket [lo, hi] around the target rank: +-6 standard
                          deviations of the sampled quantile plus 64 ranks, widened to whole bins.
   2. full (`_full`)      every key: above hi -> kept, below lo -> pruned (and zeroed), written at
@@ -52,16 +53,24 @@ from .triton_fallback import fallback_select
 
 BLOCK = 4096                    # elements per chunk, as every weight pass
 SAMPLE_RUN = 8                  # consecutive sampled keys: one 32-byte sector
-SAMPLE_STRIDE = 256             # one run in every 256 keys: 1/32 of the bytes
-SAMPLE_SIZE = BLOCK // SAMPLE_STRIDE * SAMPLE_RUN
+# Settings measured side by side on an H200 (bench/bracket_configs.py; bench/results/
+# gpu_h200_bracket_sweep): 4 copies and 1/128 of the keys took the sample pass from 181 to
+# 37 us. Fewer keys sampled widen the bracket (+18 % candidates) but take 4x fewer atomics,
+# which queue on the few bins of typical magnitudes.
+SAMPLE_STRIDE = 1024            # one run in every 1024 keys: 1/128 of the bytes
 SAMPLE_CHUNKS = 16              # chunks per program of the sample pass (one 2-D block)
+# copies of the coarse histogram, interleaved (bin * COPIES + lane % COPIES): sampled keys
+# crowd into the few bins of the weights' typical magnitudes, and atomics on one address queue
+SAMPLE_COPIES = 4               # (a power of two)
+BRACKET_SCAN = 4096             # the bracket pick reads this many bins a step, with their
+BRACKET_SCAN_MAX = 16384        # copies, but at most this many counters (registers)
 FULL_SAMPLE_MAX = 1 << 20       # groups up to this size sample every key
 COARSE_SHIFT = 17               # coarse bins: the top 14 of the 31 key bits
 COARSE_BINS = 1 << 14
 MAX_SPAN = 32                   # coarse bins a bracket may span
 FINE_WIDTH = MAX_SPAN << COARSE_SHIFT   # keys in the widest bracket: one counter each
 L1_SHIFT = 10                   # the pick reads 4096 counters of 1024 keys, then 1024
-L1_BINS = FINE_WIDTH >> L1_SHIFT
+PICK_SCAN = 4096                # counters the pick reads per step
 BUCKET = 256                    # candidates a chunk keeps in its own bucket (~1 % of 4096 is usual)
 SPILL_PER_CHUNK = 64            # more go to a shared spill area (one atomic per such chunk) of this
 SPILL_MIN = 1 << 16             # many entries per chunk of the plan, at least SPILL_MIN
@@ -69,8 +78,10 @@ TIE_CAP = 1024                  # more ties than this to order: the exact fallba
 Z_SCORE, MIN_SLACK = 6.0, 64    # bracket half-width in sample ranks: Z sd + MIN_SLACK
 FALLBACK_LANES = 256            # the fallback's block: one program, registers shared with the rest
 SAMPLE_LAUNCH = dict(num_warps=8, enable_fp_fusion=False)  # no FMA: w + rho * g rounds like torch
-# 16 warps: 8 keys per thread leave registers for the candidate compaction (the bytes in flight
-# per SM are those of 8 warps with 16 keys each)
+# 16 warps: 8 keys per thread, ~100 registers (the compile targets' limit is 128). Fewer warps
+# ran the mask's pass faster (233 us at 16 warps in an earlier run; 224 at 8, 180 at 4 in the
+# sweep) but take 184-196 and 255 registers (4 warps spill on sm_90); the CrAM step's variants
+# are unmeasured that way, so they are not the default
 FULL_LAUNCH = dict(num_warps=16, enable_fp_fusion=False)
 PICK_LAUNCH = dict(num_warps=8)
 # an explicit register budget: left alone, ptxas 13 (triton 3.8) gives the resolve launch 48
@@ -81,8 +92,8 @@ ABS_MASK = tl.constexpr(0x7FFFFFFF)
 # Workspace slots, as the kernels index them. counters (int64): 0 sample programs done,
 # 1 candidates spilled, 4 misses so far, 5 resolve programs done (partial ties), 6 ties set aside.
 # state (int64): 0 lo, 1 hi (the bracket), 2 threshold key, 3 ties to prune, 4 ties in total,
-# 5 partial tie, 6 miss, 7 candidates, 8 spilled candidates stored.
-_MISSES, _PARTIAL, _MISS = 4, 5, 6
+# 5 partial tie, 6 miss, 7 candidates, 8 spilled candidates stored, 9 keys sampled.
+_MISSES, _PARTIAL, _MISS, _SAMPLED = 4, 5, 6, 9
 
 
 # prune counts and ranks are plain integers (no divisibility specialisation): one compiled
@@ -93,21 +104,24 @@ def _sample(keys_ptrs, grad_ptrs, rho, scale_ptr, chunk_tensor, chunk_start, num
             PERTURB: tl.constexpr, NORM: tl.constexpr, FULL_SAMPLE: tl.constexpr,
             FORCE_MISS: tl.constexpr, CHUNKS: tl.constexpr, BLOCK: tl.constexpr,
             SAMPLE: tl.constexpr, RUN: tl.constexpr, STRIDE: tl.constexpr,
-            COARSE: tl.constexpr, SHIFT: tl.constexpr, SPAN: tl.constexpr):
+            COARSE: tl.constexpr, SHIFT: tl.constexpr, SPAN: tl.constexpr,
+            COPIES: tl.constexpr, SCAN: tl.constexpr):
     # CHUNKS chunks at once, as rows of one block: their loads are all in flight together
     rows = tl.program_id(0) * CHUNKS + tl.arange(0, CHUNKS)
     lane = tl.arange(0, SAMPLE)
     if FULL_SAMPLE:
-        index = lane
-    else:
-        index = (lane // RUN) * STRIDE + lane % RUN
+        index = tl.zeros([CHUNKS, 1], tl.int32) + lane[None, :]
+    else:  # run r of a chunk: RUN keys at a hashed slot of the r-th stretch of STRIDE keys
+        run = lane // RUN
+        slot = run_slot(rows[:, None], run[None, :], STRIDE // RUN)
+        index = run[None, :] * STRIDE + slot * RUN + (lane % RUN)[None, :]
     live = rows < num_chunks
     t = tl.load(chunk_tensor + rows, mask=live, other=0)
     selected = live & (tl.load(groups + t, mask=live, other=-1) >= 0)
     start = tl.load(chunk_start + rows, mask=selected, other=0)
     size = tl.minimum(tl.load(numel + t, mask=selected, other=0) - start, BLOCK)
-    valid = selected[:, None] & (index[None, :] < size[:, None])
-    offsets = start[:, None] + index[None, :]
+    valid = selected[:, None] & (index < size[:, None])
+    offsets = start[:, None] + index
     w_at = tl.load(keys_ptrs + t, mask=selected, other=0).to(tl.pointer_type(tl.float32))
     w = tl.load(w_at[:, None] + offsets, mask=valid, other=0.0)
     if PERTURB:  # w + rho * g as the full pass computes it
@@ -118,32 +132,45 @@ def _sample(keys_ptrs, grad_ptrs, rho, scale_ptr, chunk_tensor, chunk_start, num
             scale = tl.load(scale_ptr) * scale
         w = w + g * scale[:, None]
     key = w.to(tl.int32, bitcast=True) & ABS_MASK
-    tl.atomic_add(coarse + (key >> SHIFT), tl.full([CHUNKS, SAMPLE], 1, tl.int32), mask=valid,
-                  sem="relaxed")
+    copy = (lane % COPIES)[None, :]
+    tl.atomic_add(coarse + (key >> SHIFT) * COPIES + copy, tl.full([CHUNKS, SAMPLE], 1, tl.int32),
+                  mask=valid, sem="relaxed")
     tl.debug_barrier()  # every thread's atomics before this program counts itself done
     if tl.atomic_add(counters + 0, 1, sem="acq_rel") == tl.num_programs(0) - 1:
         _pick_bracket(coarse, counters, state, rank_lo, rank_mid, rank_hi, FORCE_MISS, COARSE,
-                      SHIFT, SPAN)
+                      SHIFT, SPAN, COPIES, SCAN)
+
+
+@triton.jit
+def run_slot(chunk, run, SLOTS: tl.constexpr):
+    """Which of the SLOTS runs of a stretch the sample reads: a hash of (chunk, run), int32
+    arithmetic wrapping as `run_slots` does it on the host (SLOTS a power of two)."""
+    h = chunk * 0x61C88647 + run * 0x27D4EB2F
+    h = h ^ ((h >> 15) & 0x1FFFF)
+    h = h * 0x2C1B3C6D
+    return (h >> 16) & (SLOTS - 1)
 
 
 @triton.jit
 def _pick_bracket(coarse, counters, state, rank_lo, rank_mid, rank_hi, FORCE_MISS: tl.constexpr,
-                  COARSE: tl.constexpr, SHIFT: tl.constexpr, SPAN: tl.constexpr):
+                  COARSE: tl.constexpr, SHIFT: tl.constexpr, SPAN: tl.constexpr,
+                  COPIES: tl.constexpr, SCAN: tl.constexpr):
     """The last sample program: bins holding sample ranks rank_lo + 1, rank_mid and rank_hi ->
-    state[lo, hi]; the histogram is cleared for the next call."""
-    SCAN: tl.constexpr = 4096
-    bins = tl.arange(0, SCAN)
+    state[lo, hi]; the histogram (SCAN counters, all copies of SCAN // COPIES bins, a step) is
+    cleared for the next call."""
+    BINS: tl.constexpr = SCAN // COPIES
+    at = tl.arange(0, BINS)[:, None] * COPIES + tl.arange(0, COPIES)[None, :]
     carry = tl.zeros([], tl.int32)
     lo_bin = tl.zeros([], tl.int32)
     mid_bin = tl.zeros([], tl.int32)
     hi_bin = tl.zeros([], tl.int32)
-    for start in range(0, COARSE, SCAN):
-        counts = tl.load(coarse + start + bins, cache_modifier=".cg")
+    for start in range(0, COARSE * COPIES, SCAN):
+        counts = tl.sum(tl.load(coarse + start + at, cache_modifier=".cg"), 1)
         cumulative = carry + tl.cumsum(counts, 0)
         lo_bin += tl.sum((cumulative <= rank_lo).to(tl.int32))
         mid_bin += tl.sum((cumulative < rank_mid).to(tl.int32))
         hi_bin += tl.sum((cumulative < rank_hi).to(tl.int32))
-        tl.store(coarse + start + bins, tl.zeros([SCAN], tl.int32))
+        tl.store(coarse + start + at, tl.zeros([BINS, COPIES], tl.int32))
         carry += tl.sum(counts, 0)
     # a bracket wider than SPAN bins keeps the SPAN around the expected rank (a miss if the
     # k-th key is outside: rare, and exact anyway)
@@ -157,6 +184,7 @@ def _pick_bracket(coarse, counters, state, rank_lo, rank_mid, rank_hi, FORCE_MIS
         hi = tl.full([], 0x7FFFFFFF, tl.int64)
     tl.store(state + 0, lo)
     tl.store(state + 1, hi)
+    tl.store(state + 9, carry.to(tl.int64))
     tl.store(counters + 0, 0)
 
 
@@ -244,7 +272,8 @@ def _full_chunk(keys_ptrs, grad_ptrs, wsave_ptrs, gsave_ptrs, mask_ptrs, rho, sc
 
 @triton.jit(do_not_specialize=["k", "n", "spill_cap"])
 def _pick(counters, state, l1, l2, above_count, cand_count, num_chunks, k, n, spill_cap,
-          FINE: tl.constexpr, L1: tl.constexpr, L1_SHIFT: tl.constexpr, TIE_CAP: tl.constexpr):
+          FINE: tl.constexpr, L1: tl.constexpr, L1_SHIFT: tl.constexpr, L1_SCAN: tl.constexpr,
+          TIE_CAP: tl.constexpr):
     """One program: the exact threshold key among the candidates, or a miss."""
     SCAN: tl.constexpr = 4096
     lanes = tl.arange(0, SCAN)
@@ -263,12 +292,19 @@ def _pick(counters, state, l1, l2, above_count, cand_count, num_chunks, k, n, sp
     rank = k - (n - above - candidates)  # rank of the k-th key among the candidates
     miss = (rank < 0) | (rank > candidates) | (spilled > spill_cap) | (hi - lo + 1 > FINE)
     wanted = tl.maximum(tl.minimum(rank, candidates), 0).to(tl.int32)
-    bins = tl.arange(0, L1)
-    coarse = tl.load(l1 + bins)
-    tl.store(l1 + bins, tl.zeros([L1], tl.int32))  # clean for the next call
-    under = tl.cumsum(coarse, 0) < wanted
-    digit = tl.minimum(tl.sum(under.to(tl.int32)), L1 - 1)  # the L1 bin of the wanted rank
-    rank2 = wanted - tl.sum(tl.where(under, coarse, 0))
+    bins = tl.arange(0, L1_SCAN)
+    digit = tl.zeros([], tl.int32)  # the L1 bin of the wanted rank
+    below = tl.zeros([], tl.int32)  # candidates in the bins before it
+    carry = tl.zeros([], tl.int32)
+    for start in range(0, L1, L1_SCAN):
+        coarse = tl.load(l1 + start + bins)
+        tl.store(l1 + start + bins, tl.zeros([L1_SCAN], tl.int32))  # clean for the next call
+        under = carry + tl.cumsum(coarse, 0) < wanted
+        digit += tl.sum(under.to(tl.int32))
+        below += tl.sum(tl.where(under, coarse, 0))
+        carry += tl.sum(coarse, 0)
+    digit = tl.minimum(digit, L1 - 1)
+    rank2 = wanted - below
     SUB: tl.constexpr = 1 << L1_SHIFT
     sub = tl.arange(0, SUB)
     fine = tl.load(l2 + digit * SUB + sub)
@@ -420,6 +456,8 @@ class Workspace:
     def __init__(self, device: torch.device, chunks: int, bucket: int = BUCKET,
                  spill: int | None = None):
         self.chunks, self.bucket = chunks, bucket
+        # the histogram layouts of the module's settings when made (a sweep may change them)
+        self.copies, self.l1_shift = SAMPLE_COPIES, L1_SHIFT
         self.spill_cap = spill if spill is not None else max(chunks * SPILL_PER_CHUNK, SPILL_MIN)
         zeros = lambda n, dtype: torch.zeros(n, dtype=dtype, device=device)  # noqa: E731
         empty = lambda n, dtype: torch.empty(n, dtype=dtype, device=device)  # noqa: E731
@@ -427,8 +465,9 @@ class Workspace:
         self.state = zeros(16, torch.int64)
         self.spill_keys = empty(self.spill_cap, torch.int32)
         self.spill_where = empty(self.spill_cap, torch.int32)
-        self.coarse = zeros(COARSE_BINS, torch.int32)
-        self.l1 = zeros(L1_BINS, torch.int32)
+        self.coarse = zeros(COARSE_BINS * self.copies, torch.int32)
+        # (at least the 256 counters the fallback's radix digits use)
+        self.l1 = zeros(max(self.l1_bins, 256), torch.int32)
         self.l2 = zeros(FINE_WIDTH, torch.int32)
         self.above_count = empty(chunks, torch.int32)
         self.cand_count = empty(chunks, torch.int32)
@@ -437,6 +476,11 @@ class Workspace:
         self.tie_tensor = empty(TIE_CAP, torch.int32)
         self.tie_offset = empty(TIE_CAP, torch.int32)
         self.tie_index = empty(TIE_CAP, torch.int32)
+
+    @property
+    def l1_bins(self) -> int:
+        """Counters of the bracket's first level, 1 << l1_shift keys each."""
+        return FINE_WIDTH >> self.l1_shift
 
     @property
     def candidates(self) -> tuple:
@@ -461,26 +505,44 @@ _workspaces: dict = {}
 def workspace(device: torch.device, chunks: int) -> Workspace:
     """A workspace for at least `chunks` chunks on `device`, shared by the plans there."""
     space = _workspaces.get(device)
-    if space is None or space.chunks < chunks:
+    if (space is None or space.chunks < chunks
+            or (space.copies, space.l1_shift) != (SAMPLE_COPIES, L1_SHIFT)):
         space = _workspaces[device] = Workspace(device, chunks)
     return space
 
 
-def sample_count(numels, groups) -> int:
-    """How many keys the sample pass reads from the selected tensors (runs of SAMPLE_RUN every
-    SAMPLE_STRIDE keys from the start of each chunk)."""
-    sizes = []
+def _wrap32(x: np.ndarray) -> np.ndarray:
+    """int64 values reduced to int32 two's complement, as the kernel's arithmetic wraps."""
+    return (x + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
+def run_slots(chunks: np.ndarray, runs: np.ndarray, slots: int) -> np.ndarray:
+    """`run_slot` on the host (int64 arrays holding int32 values)."""
+    h = _wrap32(chunks * 0x61C88647 + runs * 0x27D4EB2F)
+    h = h ^ ((h >> 15) & 0x1FFFF)
+    h = _wrap32(h * 0x2C1B3C6D)
+    return (h >> 16) & (slots - 1)
+
+
+def sample_count(numels, groups, stride: int = SAMPLE_STRIDE) -> int:
+    """How many keys the sample pass reads from the selected tensors: in every chunk of BLOCK
+    keys (chunks numbered over all tensors, as the layout does), SAMPLE_RUN keys at the hashed
+    slot of each stretch of `stride` keys. Slots are hashed rather than fixed: a fixed offset
+    reads the same few input channels of every (channels_last) filter, a biased sample once
+    channels differ in scale."""
+    chunk, selected, sizes = 0, [], []
     for n, group in zip(numels, groups):
+        count = -(-n // BLOCK)
         if group >= 0:
-            full, rest = divmod(n, BLOCK)
-            sizes.append(np.full(full, BLOCK))
-            if rest:
-                sizes.append(np.array([rest]))
-    if not sizes:
+            selected.append(np.arange(chunk, chunk + count))
+            sizes.append(np.minimum(n - np.arange(count) * BLOCK, BLOCK))
+        chunk += count
+    if not selected:
         return 0
-    size = np.concatenate(sizes)[:, None]
-    runs = np.arange(0, BLOCK, SAMPLE_STRIDE)[None, :]
-    return int(np.clip(size - runs, 0, SAMPLE_RUN).sum())
+    chunks, size = np.concatenate(selected)[:, None], np.concatenate(sizes)[:, None]
+    runs = np.arange(BLOCK // stride)[None, :]
+    first = runs * stride + run_slots(chunks, runs, stride // SAMPLE_RUN) * SAMPLE_RUN
+    return int(np.clip(size - first, 0, SAMPLE_RUN).sum())
 
 
 class BracketPlan:
@@ -491,10 +553,11 @@ class BracketPlan:
         self.layout = plan
         self.n = sum(n for n, g in zip(numels, groups) if g >= 0)
         self.full_sample = self.n <= FULL_SAMPLE_MAX
-        self.m = self.n if self.full_sample else sample_count(numels, groups)
+        self.stride = SAMPLE_STRIDE
+        self.m = self.n if self.full_sample else sample_count(numels, groups, self.stride)
         self.workspace = workspace(device, max(plan.num_chunks, 1))
-        chunks = 1 if self.full_sample else SAMPLE_CHUNKS
-        self.sample_grid = (max(triton.cdiv(plan.num_chunks, chunks), 1),)
+        self.sample_chunks = 1 if self.full_sample else SAMPLE_CHUNKS  # per program
+        self.sample_grid = (max(triton.cdiv(plan.num_chunks, self.sample_chunks), 1),)
         self.grid = (max(plan.num_chunks, 1),)
         self.resolve_grid = (plan.num_chunks + triton.cdiv(self.workspace.spill_cap,
                                                           self.workspace.bucket),)
@@ -526,23 +589,25 @@ class BracketPlan:
             (_, grads, wsaves, gsaves, rho, scale), flags = perturb
         rank_lo, rank_mid, rank_hi = self.ranks(k)
         chunks = (plan.chunk_tensor, plan.chunk_start, plan.numel)
-        per_program = 1 if self.full_sample else SAMPLE_CHUNKS
+        sample = BLOCK if self.full_sample else BLOCK // self.stride * SAMPLE_RUN
         _sample[self.sample_grid](
             keys.table, grads, rho, scale, *chunks, plan.groups, plan.num_chunks, space.coarse,
             space.counters, space.state, rank_lo, rank_mid, rank_hi, PERTURB=flags["PERTURB"],
             NORM=flags["NORM"], FULL_SAMPLE=self.full_sample, FORCE_MISS=force_miss,
-            CHUNKS=per_program, BLOCK=BLOCK, SAMPLE=BLOCK if self.full_sample else SAMPLE_SIZE,
-            RUN=SAMPLE_RUN, STRIDE=SAMPLE_STRIDE, COARSE=COARSE_BINS, SHIFT=COARSE_SHIFT,
-            SPAN=MAX_SPAN, **SAMPLE_LAUNCH)
+            CHUNKS=self.sample_chunks, BLOCK=BLOCK, SAMPLE=sample, RUN=SAMPLE_RUN,
+            STRIDE=self.stride, COARSE=COARSE_BINS, SHIFT=COARSE_SHIFT, SPAN=MAX_SPAN,
+            COPIES=space.copies, SCAN=min(BRACKET_SCAN * space.copies, BRACKET_SCAN_MAX),
+            **SAMPLE_LAUNCH)
         _full[self.grid](
             keys.table, grads, wsaves, gsaves, masks.table, rho, scale, *chunks, plan.groups,
             space.counters, space.state, space.l1, space.l2, space.above_count,
             *space.candidates, space.spill_cap, **flags, ZERO=zero, ALIGNED=is_aligned,
-            BLOCK=BLOCK, FINE=FINE_WIDTH, L1_SHIFT=L1_SHIFT, BUCKET=space.bucket, **FULL_LAUNCH)
+            BLOCK=BLOCK, FINE=FINE_WIDTH, L1_SHIFT=space.l1_shift, BUCKET=space.bucket,
+            **FULL_LAUNCH)
         _pick[(1,)](space.counters, space.state, space.l1, space.l2, space.above_count,
                     space.cand_count, plan.num_chunks, k, self.n, space.spill_cap,
-                    FINE=FINE_WIDTH, L1=L1_BINS, L1_SHIFT=L1_SHIFT, TIE_CAP=TIE_CAP,
-                    **PICK_LAUNCH)
+                    FINE=FINE_WIDTH, L1=space.l1_bins, L1_SHIFT=space.l1_shift,
+                    L1_SCAN=min(PICK_SCAN, space.l1_bins), TIE_CAP=TIE_CAP, **PICK_LAUNCH)
         _resolve[self.resolve_grid](
             keys.table, masks.table, grads, wsaves, rho, scale, *chunks, plan.sizes,
             plan.strides, plan.groups, plan.num_chunks, space.counters, space.state, space.l1,
