@@ -65,8 +65,7 @@ class EncodedImageBytes(SimpleRGBImageDecoder):
     def generate_code(self):
         read = self.memory_read
         rows = Compiler.get_iterator()
-        # compiled per loader, as FFCV's decoders do: a helper compiled once and called from a
-        # second loader's code makes numba fail with a KeyError
+        # shared by every loader (ffcv_fixes memoises compiles and keeps numba's types intact)
         copy, put_u32 = Compiler.compile(memcpy), Compiler.compile(_put_u32)
         header = HEADER_BYTES
 

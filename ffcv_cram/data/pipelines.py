@@ -30,6 +30,7 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage
 
+from . import ffcv_fixes  # noqa: F401  (before any Loader is built)
 from .augment import batch_generator, flip_translate
 from .decode_choice import DECODES
 from .device_batches import DeviceBatches
