@@ -16,10 +16,10 @@ from fastargs import Param, Section
 from fastargs.validation import OneOf
 
 from ffcv_cram.atomic import WriteError
+from ffcv_cram.choices import COMPILE_MODES
 from ffcv_cram.config import (EXIT_USAGE, FloatList, Flag, IntRange, StrList, UsageError, fail,
                               given_keys, parse)
 from ffcv_cram.data.decode_choice import DECODES, JPEG_DECODERS
-from ffcv_cram.models.compiled import COMPILE_MODES
 
 Section("eval", "checkpoints and evaluation").params(
     checkpoint=Param(StrList(), "checkpoint file(s), comma-separated", required=True),

@@ -6,7 +6,9 @@ Defaults: the reference's ResNet-20 CrAM+ Multi recipe (SPEC §4). Examples:
         --logging.folder=runs/rn20_cram
     torchrun --nproc_per_node=2 train_cifar.py ...     (one process per GPU, or gloo on the CPU)
 """
-from ffcv_cram.train.cli import run_script
+import sys
+
+from ffcv_cram.train import cli
 
 DEFAULTS = {
     "model.arch": "resnet20", "training.optimizer": "cram", "training.epochs": 200,
@@ -15,5 +17,10 @@ DEFAULTS = {
     "cram.sparsities": "0.3,0.4,0.5,0.6,0.7,0.8,0.9",
 }
 
+
+def main(argv=None) -> int:
+    return cli.main("cifar", __doc__.splitlines()[0], DEFAULTS, argv)
+
+
 if __name__ == "__main__":
-    run_script("cifar", __doc__.splitlines()[0], DEFAULTS)
+    sys.exit(main())

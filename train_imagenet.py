@@ -6,7 +6,9 @@ Defaults: the reference's ResNet-50 CrAM+ Multi recipe (SPEC §4; batch 64 per G
         --data.train_dataset=/data/ffcv/train_500_0.50_90.beton \
         --data.val_dataset=/data/ffcv/val_500_0.50_90.beton --logging.folder=runs/rn50_cram
 """
-from ffcv_cram.train.cli import run_script
+import sys
+
+from ffcv_cram.train import cli
 
 DEFAULTS = {
     "model.arch": "resnet50", "training.optimizer": "cram", "training.epochs": 100,
@@ -17,5 +19,10 @@ DEFAULTS = {
     "resolution.val_res": 224,
 }
 
+
+def main(argv=None) -> int:
+    return cli.main("imagenet", __doc__.splitlines()[0], DEFAULTS, argv)
+
+
 if __name__ == "__main__":
-    run_script("imagenet", __doc__.splitlines()[0], DEFAULTS)
+    sys.exit(main())

@@ -10,13 +10,13 @@ import torch
 
 from ffcv_cram.models import get_model
 from ffcv_cram.train.checkpoint import load_checkpoint
-from test_train_cli import ENV, ROOT, args, data, log_lines, train  # noqa: F401 (data: fixture)
+from test_train_cli import ENV, ROOT, args, log_lines, train
 
 MESSAGE = "torch.compile (mode default): the first training step took"
 
 
 @pytest.mark.slow
-def test_compiled_cram_run(data, tmp_path):  # noqa: F811
+def test_compiled_cram_run(data, tmp_path):
     folder = tmp_path / "run"
     proc = train(*args(data, folder, "--training.compile=1", "--training.optimizer=cram"),
                  timeout=1200)  # compiling ResNet-20 takes minutes on a loaded 2-core CPU
@@ -32,14 +32,16 @@ def test_compiled_cram_run(data, tmp_path):  # noqa: F811
     model.load_state_dict(torch.load(folder / "final_weights.pt", weights_only=True))  # strict
 
 
-def test_a_compile_mode_without_compile_is_refused(data, tmp_path):  # noqa: F811
-    proc = train(*args(data, tmp_path / "x"), "--training.compile_mode=max-autotune-no-cudagraphs")
-    assert proc.returncode == 2 and proc.stderr.count("error:") == 1, proc.stderr
+def test_a_compile_mode_without_compile_is_refused(data, tmp_path, run_main):
+    code, _, stderr = run_main("train_cifar.py", *args(data, tmp_path / "x"),
+                               "--training.compile_mode=max-autotune-no-cudagraphs")
+    assert code == 2 and stderr.count("error:") == 1, stderr
     assert ("--training.compile_mode=max-autotune-no-cudagraphs: needs --training.compile=1"
-            in proc.stderr) and not (tmp_path / "x").exists()
+            in stderr) and not (tmp_path / "x").exists()
 
 
-def test_compiling_on_the_cpu_without_a_cxx_compiler_is_refused(data, tmp_path):  # noqa: F811
+def test_compiling_on_the_cpu_without_a_cxx_compiler_is_refused(data, tmp_path):
+    # a process of its own: inductor looks its compiler up once per process
     proc = subprocess.run([sys.executable, str(ROOT / "train_cifar.py"),
                            *args(data, tmp_path / "x", "--training.compile=1")],
                           capture_output=True, text=True, timeout=600, cwd=ROOT,

@@ -95,15 +95,15 @@ def test_every_checkpoint_format_gives_the_same_result(demo, tmp_path):
     (["--bnt.momentum=fast"], "--bnt.momentum='fast'"),
     (["--eval.compile_mode=max-autotune-no-cudagraphs"], "needs --eval.compile=1"),
 ])
-@pytest.mark.slow
-def test_refusals_before_any_work(demo, tmp_path, argv, message):
-    out, _ = demo
-    base = [f"--eval.checkpoint={out / 'runs/sgd/final_weights.pt'}", "--model.arch=resnet20",
-            "--data.style=cifar", f"--data.val_dataset={out / 'val.beton'}",
-            f"--data.calib_dataset={out / 'calib.beton'}", f"--out.dir={tmp_path / 'o'}"]
-    proc = eval_sparse(*base, *argv)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr
+def test_refusals_before_any_work(data, tmp_path, run_main, argv, message):
+    """A ResNet-20 of 4 classes and a 4-class dataset (labels 0-3): weights do not matter here."""
+    torch.save(get_model("resnet20", 4).state_dict(), tmp_path / "weights.pt")
+    base = [f"--eval.checkpoint={tmp_path / 'weights.pt'}", "--model.arch=resnet20",
+            "--data.style=cifar", f"--data.val_dataset={data['val']}",
+            f"--data.calib_dataset={data['train']}", f"--out.dir={tmp_path / 'o'}"]
+    code, _, stderr = run_main("eval_sparse.py", *base, *argv)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and message in errors[0], stderr
     assert not (tmp_path / "o").exists()
 
 

@@ -1,7 +1,6 @@
 """train_cifar.py / train_imagenet.py end to end: outputs, torchrun, resume, config checks, wandb."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ffcv_cram.data.convert import convert
 from ffcv_cram.data.pipelines import ImageLoader
-from ffcv_cram.data.synthetic import generate
 from ffcv_cram.models import get_model
 from ffcv_cram.config import UsageError
 from ffcv_cram.train.checkpoint import load_checkpoint
@@ -24,21 +21,6 @@ from ffcv_cram.train.loop import _resume_point
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    base = tmp_path_factory.mktemp("train_data")
-    generate(base / "shapes", classes=4, train_per_class=48, val_per_class=8, size=32, workers=1)
-    # 31 validation images: two processes get shards of 16 and 15
-    shutil.copytree(base / "shapes" / "val", base / "shapes" / "val_odd")
-    min((base / "shapes" / "val_odd").rglob("*.jpg")).unlink()
-    paths = {}
-    for key, split in (("train", "train"), ("val", "val"), ("val_odd", "val")):
-        paths[key] = str(base / f"{key}.beton")
-        convert("folder", split, str(base / "shapes" / key), paths[key], num_workers=1,
-                progress=False)
-    return paths
 
 
 def args(data, folder, *extra, epochs=2):
@@ -152,9 +134,16 @@ def test_interrupted_and_resumed_run_is_bit_identical(data, tmp_path):
     (["--training.cuda_graph=1", "--training.optimizer=sgd"],
      "--training.cuda_graph=1: captures CrAM's optimizer side"),
 ])
-def test_bad_arguments_exit_2_naming_the_key(data, tmp_path, argv, message):
-    proc = train(*args(data, tmp_path / "x"), *argv)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+def test_bad_arguments_exit_2_naming_the_key(data, tmp_path, run_main, argv, message):
+    code, _, stderr = run_main("train_cifar.py", *args(data, tmp_path / "x"), *argv)
+    assert code == 2 and message in stderr, stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("script", ["train_cifar.py", "train_imagenet.py"])
+def test_a_bad_argument_exits_2_from_the_command_line(data, tmp_path, script):
+    proc = train(*args(data, tmp_path / "x"), "--training.epochs=two", script=script)
+    assert proc.returncode == 2 and "error: --training.epochs='two'" in proc.stderr, proc.stderr
     assert not (tmp_path / "x").exists()
 
 

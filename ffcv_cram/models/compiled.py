@@ -25,7 +25,7 @@ import shutil
 import torch
 from torch import nn
 
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+from ..choices import COMPILE_MODES
 
 
 def compile_model(model: nn.Module, mode: str = "default", graphs: int | None = None,

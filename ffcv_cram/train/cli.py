@@ -6,17 +6,14 @@ them are the data style and the defaults.
 from __future__ import annotations
 
 import signal
-import sys
 
 from fastargs import Param, Section
 from fastargs.validation import OneOf
 
 from ..atomic import WriteError
+from ..choices import AMP_MODES, COMPILE_MODES, LR_SCHEDULES, METHODS
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ..data.decode_choice import DECODES, JPEG_DECODERS, decode_problem, jpeg_decoder_problem
-from ..models.compiled import COMPILE_MODES
-from .schedule import LR_SCHEDULES
-from .step import AMP_MODES, METHODS
 
 
 def declare(defaults: dict) -> None:
@@ -236,7 +233,3 @@ def main(style: str, description: str, defaults: dict, argv=None) -> int:
         print(f"nothing to do: {cfg['logging']['folder']} already finished its "
               f"{cfg['training']['epochs']} epochs")
     return 0
-
-
-def run_script(style: str, description: str, defaults: dict) -> None:
-    sys.exit(main(style, description, defaults))

@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 
+from ..choices import LR_SCHEDULES
 from ..optim.schedules import cosine_factor
 
-LR_SCHEDULES = ("cosine", "step", "cyclic")
 
 
 def lr_at(epoch: float, *, schedule: str, lr: float, epochs: int, warmup_epochs: float = 0,

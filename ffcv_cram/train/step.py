@@ -29,10 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..choices import AMP_MODES, METHODS
 from ..optim import NMTopkCrAM, SAM, TopkCrAM, disable_running_stats, enable_running_stats
 
-METHODS = ("sgd", "sam", "cram", "cram_nm")
-AMP_MODES = ("none", "bf16", "fp16")
 
 
 @dataclass
