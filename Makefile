@@ -8,7 +8,7 @@ APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev g++
 TRITON36 := build/triton36
 export WANDB_MODE ?= offline
 
-.PHONY: setup test demo clean system-deps gpu-check
+.PHONY: setup test test-fast demo clean system-deps gpu-check
 
 setup: system-deps $(VENV)/.installed
 
@@ -33,8 +33,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
+# two workers (pytest-xdist); tests that share a costly session fixture stay on one worker
+# (xdist_group marks, --dist loadgroup)
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadgroup
 test: setup $(TRITON36)/.installed
-	$(PY) -m pytest -q --durations=25
+	$(PYTEST) --durations=25
+
+# the inner loop: everything but the end-to-end tests marked slow (CI runs them all)
+test-fast: setup $(TRITON36)/.installed
+	$(PYTEST) -m "not slow"
 
 # the whole pipeline on a generated dataset: convert, train CrAM+ and SGD, prune and compare
 demo: setup

@@ -274,13 +274,13 @@ def test_decode_choice_and_refusals(betons):
                         "--data.jpeg_decoder=torchcodec"],
      "error: --data.jpeg_decoder=torchcodec: TorchCodec is hidden"),
 ])
-def test_unavailable_jpeg_decoder_or_bad_prefetch_is_a_one_line_usage_error(script, extra, error,
-                                                                           tmp_path):
-    env = {**os.environ, "FFCV_CRAM_HIDE_DECODERS": "nvimgcodec,torchcodec"}
-    proc = subprocess.run([sys.executable, str(ROOT / script), *extra], capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path, env=env)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+def test_unavailable_jpeg_decoder_or_bad_prefetch_is_a_one_line_usage_error(
+        script, extra, error, tmp_path, run_main, monkeypatch):
+    monkeypatch.setenv("FFCV_CRAM_HIDE_DECODERS", "nvimgcodec,torchcodec")
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_main(script, *extra)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(error), lines
     assert not (tmp_path / "unused").exists()
 
@@ -291,11 +291,12 @@ def test_unavailable_jpeg_decoder_or_bad_prefetch_is_a_one_line_usage_error(scri
     ("train_cifar.py", ["--data.train_dataset=x.beton", "--logging.folder=unused"]),
     ("eval_sparse.py", ["--eval.checkpoint=x.pt", "--data.val_dataset=x.beton", "--out.dir=unused"]),
 ])
-def test_decode_gpu_without_cuda_is_a_one_line_usage_error(script, extra, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / script), "--data.decode", "gpu", *extra],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+def test_decode_gpu_without_cuda_is_a_one_line_usage_error(script, extra, tmp_path, run_main,
+                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_main(script, "--data.decode", "gpu", *extra)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --data.decode=gpu needs a CUDA GPU")
     assert "--data.decode=cpu" in lines[0] and not (tmp_path / "unused").exists()
 

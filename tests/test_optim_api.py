@@ -202,7 +202,9 @@ def test_loss_goes_down(kind):
     opt = make(kind, model.parameters())
     losses = [train_step(model, opt, x[i:i + 64], y[i:i + 64])
               for _ in range(15) for i in range(0, 256, 64)]
-    assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4
+    # last / first four losses over seeds 0-9 (measured, torch 2.14 CPU): SGD 0.05-0.48, SAM
+    # 0.08-0.50, CrAM 0.002-0.39, CrAM N:M 0.003-0.36; 0.75 leaves room for other CPUs' kernels
+    assert sum(losses[-4:]) / 4 < 0.75 * sum(losses[:4]) / 4
 
 
 def test_discard_step_restores_weights_exactly():

@@ -38,15 +38,23 @@ def log_lines(folder):
     return [json.loads(line) for line in (Path(folder) / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
-def test_cram_run_leaves_a_complete_run_folder(data, tmp_path):
-    folder = tmp_path / "run"
-    proc = train(*args(data, folder), "--logging.wandb_project=ffcv-cram-tests",
-                 "--logging.wandb_mode=offline")
+@pytest.fixture(scope="module")
+def cram_run(data, tmp_path_factory):
+    """One uninterrupted 3-epoch CrAM run (deterministic kernels, wandb offline): the reference of
+    the resume test below, and the run whose folder the first test inspects."""
+    folder = tmp_path_factory.mktemp("cram_run") / "run"
+    proc = train(*args(data, folder, "--training.deterministic=1", epochs=3),
+                 "--logging.wandb_project=ffcv-cram-tests", "--logging.wandb_mode=offline")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder
+
+
+@pytest.mark.slow
+def test_cram_run_leaves_a_complete_run_folder(data, cram_run):
+    folder = cram_run
     assert {"config.json", "log.jsonl", "checkpoint_last.pt", "final_weights.pt"} <= set(os.listdir(folder))
     lines = log_lines(folder)
-    assert [line["epoch"] for line in lines] == [0, 1]
+    assert [line["epoch"] for line in lines] == [0, 1, 2]
     for line in lines:
         assert {"train_loss", "train_top1", "lr", "images_per_s", "epoch_time_s", "val_top1",
                 "val_top5", "sparsity_draws"} <= set(line)
@@ -57,7 +65,7 @@ def test_cram_run_leaves_a_complete_run_folder(data, tmp_path):
     # a plain state_dict, loaded strictly
     model.load_state_dict(torch.load(folder / "final_weights.pt", weights_only=True))
     assert any(p.name.startswith("offline-run") for p in (folder / "wandb").iterdir())
-    again = train(*args(data, folder))
+    again = train(*args(data, folder, "--training.deterministic=1", epochs=3))
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
@@ -90,10 +98,9 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_and_resumed_run_is_bit_identical(data, tmp_path):
+def test_interrupted_and_resumed_run_is_bit_identical(data, cram_run, tmp_path):
     extra = ("--training.deterministic=1",)
-    whole = tmp_path / "whole"
-    assert train(*args(data, whole, *extra, epochs=3)).returncode == 0
+    whole = cram_run
     part = tmp_path / "part"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train_cifar.py"),
                              *args(data, part, *extra, epochs=3)],
