@@ -15,6 +15,7 @@ from ..atomic import WriteError
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ..data.decode_choice import DECODES, JPEG_DECODERS, decode_problem, jpeg_decoder_problem
 from ..models.compiled import COMPILE_MODES
+from .global_batch import LR_SCALINGS
 from .schedule import LR_SCHEDULES
 from .step import AMP_MODES, METHODS
 
@@ -47,8 +48,12 @@ def declare(defaults: dict) -> None:
     Section("training", "optimisation").params(
         optimizer=Param(OneOf(METHODS), "sgd | sam | cram | cram_nm", default=d("training.optimizer", "cram")),
         epochs=Param(IntRange(1), "epochs", default=d("training.epochs")),
-        batch_size=Param(IntRange(1), "batch size per process (global = this x processes)",
-                         default=d("training.batch_size")),
+        global_batch_size=Param(IntRange(1), "global batch, over all processes (each process "
+                                "trains this / processes samples per step)",
+                                default=d("training.global_batch_size")),
+        max_batch_per_process=Param(IntRange(0), "refuse a larger per-process batch (no gradient "
+                                    "accumulation; 0: no limit)",
+                                    default=d("training.max_batch_per_process", 0)),
         momentum=Param(float, "SGD momentum", default=0.9),
         nesterov=Param(Flag(), "Nesterov momentum", default=False),
         weight_decay=Param(float, "weight decay", default=d("training.weight_decay")),
@@ -92,7 +97,11 @@ def declare(defaults: dict) -> None:
     )
     Section("lr", "learning-rate schedule").params(
         schedule=Param(OneOf(LR_SCHEDULES), "cosine | step | cyclic", default=d("lr.schedule", "cosine")),
-        lr=Param(float, "peak learning rate", default=d("lr.lr")),
+        lr=Param(float, "peak learning rate for a global batch of lr.batch_size", default=d("lr.lr")),
+        batch_size=Param(IntRange(0), "the global batch lr.lr belongs to (0: "
+                         "training.global_batch_size)", default=d("lr.batch_size", 0)),
+        scaling=Param(OneOf(LR_SCALINGS), "how lr.lr follows a global batch other than "
+                      "lr.batch_size: linear | sqrt | none (unset: refused)", default=""),
         warmup_epochs=Param(float, "cosine: linear warm-up epochs", default=d("lr.warmup_epochs", 0)),
         end_epoch=Param(float, "cosine: epoch where it reaches 0 (0: the last)", default=0),
         step_milestones=Param(FloatList(allow_empty=True), "step: epochs where lr *= gamma", default=""),
@@ -120,6 +129,8 @@ def declare(defaults: dict) -> None:
         wandb_project=Param(str, "log to this wandb project ('' for none)", default=""),
         wandb_mode=Param(OneOf(["online", "offline", "disabled"]), "wandb mode", default="offline"),
         wandb_name=Param(str, "wandb run name", default=""),
+        steps=Param(Flag(), "also write steps.jsonl: each step's samples, lr, sparsity draw and "
+                    "loss over all processes", default=False),
     )
     Section("checkpoint", "checkpoints").params(
         every=Param(IntRange(0), "also keep checkpoint_epoch<N>.pt every N epochs (0: only the last)",
