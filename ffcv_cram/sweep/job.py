@@ -39,6 +39,13 @@ def _load_all(cfg: dict) -> list:
     return checkpoints
 
 
+def _check_blurpool(cfg: dict, checkpoints: list) -> None:
+    for path, checkpoint in zip(cfg["eval"]["checkpoint"], checkpoints):
+        if checkpoint.blurpool and not cfg["model"]["blurpool"]:
+            raise UsageError(f"{path}: trained with BlurPool (ffcv-imagenet's blur_filter keys); "
+                             "evaluate it with --model.blurpool=1")
+
+
 def _with_run_settings(cfg: dict, checkpoints: list, given: set[str]) -> tuple[dict, str | None]:
     """`cfg` with the training runs' model and data settings where the user gave none."""
     trusted = cfg["eval"]["trust_checkpoint"]
@@ -124,6 +131,7 @@ def run_sweep(cfg: dict, given: set[str] = frozenset()):
         points, labels, momentum = check_arguments(cfg)
         checkpoints = _load_all(cfg)
         cfg, note = _with_run_settings(cfg, checkpoints, given)
+        _check_blurpool(cfg, checkpoints)
         num_classes = check_model_and_data(cfg)
         d = cfg["data"]
         warning = upsampling_warning(d["val_dataset"], d["style"], d["resolution"])
