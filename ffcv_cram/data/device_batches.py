@@ -33,6 +33,7 @@ from .augment import batch_generator, flip_translate
 from .encoded_bytes import HEADER_BYTES, JPG, EncodedBatch
 from .gpu_augment import center_crops, normalize
 from .gpu_decode import DecodeCounts, decode_jpegs
+from .normalisation import normalised_black
 from .seeded_crops import random_crops_and_flips
 from .triton_crops import (TABLE_COLUMNS, crop_resize_normalize, crops_reference, fill_table,
                            kernel_usable)
@@ -71,6 +72,7 @@ class DeviceBatches:
         # built once: later batches never copy them again
         self._mean = torch.tensor(self.mean, dtype=torch.float32).to(self.device)
         self._std = torch.tensor(self.std, dtype=torch.float32).to(self.device)
+        self._black = normalised_black(self.mean, self.std).to(self.device)
         self._ring = [_Slot() for _ in range(max(1, self.slots))]
         self._turn = 0
         usable = kernel_usable(self.device)
@@ -235,5 +237,5 @@ class DeviceBatches:
             pixels = torch.stack(self._device_views(slot, images, on_host, pixels_at))
         x = normalize(pixels.float(), self._mean, self._std, self.dtype, self.channels_last)
         if self.train:
-            x = flip_translate(x, batch_generator(self.seed, epoch, batch))
+            x = flip_translate(x, batch_generator(self.seed, epoch, batch), fill=self._black)
         return x

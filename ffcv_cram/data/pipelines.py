@@ -35,15 +35,12 @@ from .decode_choice import DECODES
 from .device_batches import DeviceBatches
 from .encoded_bytes import JPG, EncodedImageBytes, largest_image_bytes
 from .jpeg_decoders import JPEG_DECODERS, DecoderUnavailable, choose_decoder
+from .normalisation import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, normalised_black
 from .prefetch import prefetch
 from .seeded_decoder import SeededRandomResizedCrop
 from .start_batch import StartAtBatch
 from .threads import loader_threads, torch_threads
 
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-CIFAR_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
-CIFAR_STD = (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)
 DEFAULT_CROP_RATIO = 224 / 256
 STYLES = ("imagenet", "cifar")
 ORDERS = ("random", "quasi_random", "sequential")
@@ -81,9 +78,10 @@ class ImageLoader:
     style 'imagenet': train = RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip, drawn per
     (seed, epoch, dataset index) so runs replay exactly whatever the thread count
     (`seeded_crops`), val = center crop of `crop_ratio` resized to `resolution`; style 'cifar':
-    train = flip + random translate by up to 4 px, seeded per (seed, epoch, batch) so runs replay
-    exactly (`ffcv_cram.data.augment`), val = the stored image. Both normalised with the style's
-    mean/std. `decode` 'gpu' decodes and augments on `device` with `jpeg_decoder` ('auto': on
+    train = flip + random translate by up to 4 px, padded with black as the CrAM reference's
+    RandomCrop(32, padding=4), seeded per (seed, epoch, batch) so runs replay exactly
+    (`ffcv_cram.data.augment`), val = the stored image. Both normalised with the style's
+    mean/std (`normalisation`: for CIFAR the reference's). `decode` 'gpu' decodes and augments on `device` with `jpeg_decoder` ('auto': on
     CUDA torchvision's nvJPEG, else TorchCodec, else nvImageCodec, one notice saying which; on a CPU
     device FFCV's libjpeg-turbo, so the same code runs on CPU tensors): the same crops and flips
     for the same sample as 'cpu', resampled with anti-aliased bilinear (FFCV: OpenCV's
@@ -180,6 +178,7 @@ class ImageLoader:
         self.loader.traversal_order = self._start
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.black = normalised_black(mean, std, self.device)
 
     def _cpu_pipelines(self, style, train, mean, std):
         image_ops = [self.decoder]  # the imagenet train decoder flips too
@@ -274,7 +273,8 @@ class ImageLoader:
         for batch, (images, labels) in enumerate(self._epoch_iterator(), start):
             images = self._finish(images)
             if self.train and self.style == "cifar":
-                images = flip_translate(images, batch_generator(self.seed, epoch, batch))
+                images = flip_translate(images, batch_generator(self.seed, epoch, batch),
+                                        fill=self.black)
             yield images, labels.reshape(-1).long().clone()
 
     def epochs(self, count: int | None = None):

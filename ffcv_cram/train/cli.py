@@ -84,7 +84,9 @@ def declare(defaults: dict) -> None:
         patterns=Param(StrList(), "N:M patterns drawn per step (cram_nm)", default="2:4,4:8"),
         plus_version=Param(Flag(), "add the clean gradient (CrAM+)", default=True),
         sparse_grad=Param(Flag(), "mask the compressed gradient", default=True),
-        scope=Param(OneOf(["global", "uniform"]), "magnitude threshold scope", default="global"),
+        scope=Param(OneOf(["global", "uniform"]), "global: one threshold over every Conv/Linear "
+                    "weight | uniform: each to the sparsity, but the first conv and the last Linear "
+                    "(the reference's unif_prune)", default="global"),
         grad_norm=Param(Flag(), "normalise the ascent step by the gradient norm", default=False),
         seed=Param(int, "seed of the per-step sparsity draws", default=0),
         interval=Param(IntRange(1), "full CrAM step every k-th step, one pass on the others",

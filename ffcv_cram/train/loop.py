@@ -26,6 +26,8 @@ from ..models.compiled import compile_model, compile_problem
 from ..runtime.dist import Context, all_gather_str, all_sum, broadcast_buffers, setup, teardown
 from ..runtime.evaluate import evaluate
 from ..safe_load import UnsafeFile
+from ..sparsity.masks import prunable_weights
+from ..sparsity.prune import uniform_targets
 from . import checkpoint as ckpt
 from .compile_clock import CompileClock
 from .epoch_so_far import EpochSoFar
@@ -121,8 +123,17 @@ def _build(cfg: dict, ctx: Context, num_classes: int):
         sparsities=c["sparsities"], patterns=c["patterns"], plus_version=c["plus_version"],
         sparse_grad=c["sparse_grad"], scope=c["scope"], grad_norm=c["grad_norm"], seed=c["seed"],
         interval=c["interval"], reuse=c["reuse"], second_pass_fraction=c["second_pass_fraction"],
-        cuda_graph=t.get("cuda_graph", False))
+        cuda_graph=t.get("cuda_graph", False), dense=_uniform_dense(model, c["scope"]))
     return model, optimizer
+
+
+def _uniform_dense(model, scope: str):
+    """scope uniform leaves the first conv and the last Linear dense, chosen by module type as
+    one-shot uniform pruning does (and as the reference's unif_prune by position)."""
+    if scope != "uniform":
+        return None
+    pruned = {id(p) for _, p in uniform_targets(model)}
+    return [p for _, _, p in prunable_weights(model) if id(p) not in pruned]
 
 
 def _compiled(cfg: dict, style: str, model, ctx: Context):
