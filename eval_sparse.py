@@ -20,6 +20,7 @@ from ffcv_cram.config import (EXIT_USAGE, FloatList, Flag, IntRange, StrList, Us
                               given_keys, parse)
 from ffcv_cram.data.decode_choice import DECODES, JPEG_DECODERS
 from ffcv_cram.models.compiled import COMPILE_MODES
+from ffcv_cram.sweep.precision import EVAL_AMP
 
 Section("eval", "checkpoints and evaluation").params(
     checkpoint=Param(StrList(), "checkpoint file(s), comma-separated", required=True),
@@ -28,6 +29,8 @@ Section("eval", "checkpoints and evaluation").params(
     device=Param(OneOf(["auto", "cpu", "cuda"]), "auto: cuda when available", default="auto"),
     trust_checkpoint=Param(Flag(), "load checkpoints that need full unpickling, which can run code "
                            "they carry: only for files you trust", default=False),
+    amp=Param(OneOf(EVAL_AMP), "autocast of every evaluation and of batch-norm tuning: auto (bf16 "
+              "on CUDA, none on the CPU) | bf16 | none (float32)", default="auto"),
     compile=Param(Flag(), "torch.compile the model for its evaluations (pruning and batch-norm "
                   "tuning stay eager; the first evaluation compiles)", default=False),
     compile_mode=Param(OneOf(COMPILE_MODES), "with compile: default | max-autotune-no-cudagraphs",

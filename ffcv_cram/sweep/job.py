@@ -23,6 +23,7 @@ from .checkpoints import CheckpointError, check_fits, load_checkpoint
 from .checks import calibration_indices, check_arguments, check_model_and_data
 from .datasets import upsampling_warning
 from .points import Item, SweepSettings, measure, rows_of, work_items
+from .precision import eval_amp_dtype
 from .ranks import run_split
 from .report import text_table, write_reports
 
@@ -157,6 +158,10 @@ def _sweep(cfg, ctx: Context, checkpoints, points, labels, momentum, num_classes
             print(note, flush=True)
         if warning:
             print(warning, file=sys.stderr, flush=True)
+    amp_dtype = eval_amp_dtype(cfg["eval"]["amp"], ctx.device)
+    if ctx.is_main:
+        print(f"precision: {'bf16 autocast' if amp_dtype else 'float32'} for evaluations and "
+              f"batch-norm tuning (--eval.amp={cfg['eval']['amp']})", flush=True)
     model = build_model(cfg, num_classes, ctx.device)
     for path, checkpoint in zip(cfg["eval"]["checkpoint"], checkpoints):
         try:
@@ -167,7 +172,7 @@ def _sweep(cfg, ctx: Context, checkpoints, points, labels, momentum, num_classes
     val, calib = _loaders(cfg, ctx.device, indices)
     settings = SweepSettings(
         bnt_batches=cfg["bnt"]["batches"], bnt_momentum=momentum, bnt_seed=cfg["bnt"]["seed"],
-        amp_dtype=torch.bfloat16 if ctx.device.type == "cuda" else None, progress=ctx.is_main,
+        amp_dtype=amp_dtype, progress=ctx.is_main,
         save_pruned_dir=os.path.join(cfg["out"]["dir"], "pruned") if cfg["out"]["save_pruned"] else None)
     items = work_items(len(checkpoints), points)
 
