@@ -19,6 +19,7 @@ from ffcv_cram.atomic import WriteError
 from ffcv_cram.config import (EXIT_USAGE, FloatList, Flag, IntRange, StrList, UsageError, fail,
                               given_keys, parse)
 from ffcv_cram.data.decode_choice import DECODES, JPEG_DECODERS
+from ffcv_cram.data.normalisation import CIFAR_INPUTS
 from ffcv_cram.models.compiled import COMPILE_MODES
 from ffcv_cram.sweep.precision import EVAL_AMP
 
@@ -59,6 +60,10 @@ Section("data", "datasets").params(
                        "TorchCodec, else nvImageCodec) | torchvision | torchcodec | nvimgcodec | cpu",
                        default="auto"),
     gpu_prefetch=Param(IntRange(1), "with decode=gpu: batches prepared ahead", default=2),
+    cifar_inputs=Param(OneOf(CIFAR_INPUTS), "cifar style: reference (the CrAM reference's std "
+                       "0.2023,0.1994,0.2010) | cifar10_std (0.2470,0.2435,0.2616: ffcv-cram runs "
+                       "before the reference's became the default) (unset: the training run's)",
+                       default="reference"),
 )
 Section("prune", "one-shot pruning").params(
     method=Param(StrList(), "global | uniform | nm (several: comma-separated)", default="global"),

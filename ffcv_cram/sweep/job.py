@@ -83,7 +83,8 @@ def _loaders(cfg: dict, device: torch.device, indices):
     common = dict(style=d["style"], resolution=d["resolution"],
                   num_workers=loader_threads(d["num_workers"]), device=device,
                   in_memory=d["in_memory"], decode=d["decode"],
-                  jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2))
+                  jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2),
+                  cifar_inputs=d.get("cifar_inputs", "reference"))
     if os.environ.get("RANK", "0") == "0":  # once, also when torchrun starts several processes
         print(thread_summary(d["num_workers"]), flush=True)
     val = ImageLoader(d["val_dataset"], train=False, batch_size=cfg["eval"]["batch_size"], **common)

@@ -14,6 +14,7 @@ from fastargs.validation import OneOf
 from ..atomic import WriteError
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ..data.decode_choice import DECODES, JPEG_DECODERS, decode_problem, jpeg_decoder_problem
+from ..data.normalisation import CIFAR_INPUTS
 from ..models.compiled import COMPILE_MODES
 from .global_batch import LR_SCALINGS
 from .schedule import LR_SCHEDULES
@@ -38,6 +39,10 @@ def declare(defaults: dict) -> None:
                            "nvimgcodec | cpu", default="auto"),
         gpu_prefetch=Param(IntRange(1), "with decode=gpu: batches prepared ahead of training",
                            default=2),
+        cifar_inputs=Param(OneOf(CIFAR_INPUTS), "cifar style: reference (the CrAM reference's "
+                           "std 0.2023,0.1994,0.2010, translate padded with black) | cifar10_std "
+                           "(CIFAR-10's std 0.2470,0.2435,0.2616, padded with the mean: runs of "
+                           "ffcv-cram before 0.2023 became the default)", default="reference"),
     )
     Section("model", "architecture").params(
         arch=Param(str, "resnet20, resnet18_cifar, vgg16_cifar or any torchvision model",
@@ -184,6 +189,9 @@ def check(cfg: dict, style: str) -> None:
             raise UsageError("--resolution.min_res, max_res and val_res must be set (e.g. 160, 192, 256)")
         if r["min_res"] > r["max_res"] or r["start_ramp"] > r["end_ramp"]:
             raise UsageError("--resolution: need min_res <= max_res and start_ramp <= end_ramp")
+        if cfg["data"]["cifar_inputs"] != "reference":
+            raise UsageError(f"--data.cifar_inputs={cfg['data']['cifar_inputs']}: only for the "
+                             "cifar style")
     elif any(r.values()):
         raise UsageError("--resolution.*: the cifar style trains at the stored resolution; "
                          "leave these unset")

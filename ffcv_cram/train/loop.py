@@ -43,9 +43,10 @@ RESUMABLE_CHANGES = ("logging", "checkpoint", "validation")
 RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "data.jpeg_decoder",
                   "data.gpu_prefetch", "training.device",
                   "training.dist_timeout", "training.compile", "training.compile_mode")
-# keys added after runs were saved without them: a saved run had the value it now defaults to
+# keys added after runs were saved without them: the value a saved run had (the default, except
+# for CIFAR inputs, which followed CIFAR-10's true std before the reference's became the default)
 ADDED_KEYS = {"cram.interval": 1, "cram.reuse": False, "cram.second_pass_fraction": 1.0,
-              "training.cuda_graph": False}
+              "training.cuda_graph": False, "data.cifar_inputs": "cifar10_std"}
 # compared through what they amount to, the batch plan's global batch and effective lr (a run
 # saved before the global batch existed holds training.batch_size per process instead)
 PLANNED_KEYS = ("training.batch_size", "training.global_batch_size",
@@ -90,7 +91,8 @@ def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
     common = dict(style=style, num_workers=loader_threads(d["num_workers"]), device=ctx.device,
                   distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size,
                   in_memory=d["in_memory"], channels_last=t["channels_last"], decode=d["decode"],
-                  jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2))
+                  jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2),
+                  cifar_inputs=d["cifar_inputs"])
     try:
         per_process = cfg["batch_plan"]["batch_size_per_process"]
         train = ImageLoader(d["train_dataset"], train=True, batch_size=per_process,
