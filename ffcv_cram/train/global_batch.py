@@ -75,7 +75,8 @@ def describe(plan: dict, cfg: dict) -> str:
             f"process x {plan['world_size']} processes; lr {plan['lr']:.6g}")
     lr_batch = lr["batch_size"] or plan["global_batch_size"]
     if lr_batch != plan["global_batch_size"]:
-        line += f" (--lr.lr={lr['lr']:g} belongs to a global batch of {lr_batch}; {lr['scaling']} scaling)"
+        line += (f" (--lr.lr={lr['lr']:g} belongs to a global batch of {lr_batch}; "
+                 f"{lr['scaling']} scaling)")
     return line
 
 
