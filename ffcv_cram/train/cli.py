@@ -16,7 +16,7 @@ from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ..data.decode_choice import DECODES, JPEG_DECODERS, decode_problem, jpeg_decoder_problem
 from ..data.normalisation import CIFAR_INPUTS
 from ..models.compiled import COMPILE_MODES
-from .global_batch import LR_SCALINGS
+from .global_batch import LR_SCALINGS, effective_lr
 from .schedule import LR_SCHEDULES
 from .step import AMP_MODES, METHODS
 
@@ -182,6 +182,8 @@ def check(cfg: dict, style: str) -> None:
         raise UsageError(f"--training.cuda_graph=1: {problem}")
     if lr["lr"] <= 0:
         raise UsageError(f"--lr.lr={lr['lr']}: must be > 0")
+    effective_lr(t["global_batch_size"], lr["lr"], lr["batch_size"], lr["scaling"])  # the rest of
+    # the batch plan needs the number of processes: checked when they have met (`loop.run`)
     if lr["schedule"] == "cosine" and lr["warmup_epochs"] >= (lr["end_epoch"] or t["epochs"]):
         raise UsageError("--lr.warmup_epochs must be smaller than the cosine's end epoch")
     if style == "imagenet":

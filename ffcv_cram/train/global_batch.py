@@ -51,15 +51,23 @@ def plan_batch(global_batch: int, lr: float, lr_batch: int, scaling: str, world_
                          f"{max_per_process}; gradient accumulation is not implemented: run on at "
                          f"least {needed} processes, raise the limit if memory allows, or lower the "
                          "global batch with --lr.scaling")
+    return BatchPlan(world_size, per_process, global_batch,
+                     effective_lr(global_batch, lr, lr_batch, scaling))
+
+
+def effective_lr(global_batch: int, lr: float, lr_batch: int, scaling: str) -> float:
+    """`lr` (for a global batch of `lr_batch`, 0: this one) at `global_batch`; raises UsageError
+    when they differ and `scaling` does not say how the lr follows."""
     lr_batch = lr_batch or global_batch
-    if global_batch != lr_batch and not scaling:
-        options = ", ".join(f"{s} (lr {scaled_lr(lr, global_batch, lr_batch, s):.4g})"
-                            for s in LR_SCALINGS if s)
+    if global_batch == lr_batch:
+        return lr
+    if not scaling:
+        options = " | ".join(f"{s} (lr {scaled_lr(lr, global_batch, lr_batch, s):.4g})"
+                             for s in LR_SCALINGS if s)
         raise UsageError(f"--training.global_batch_size={global_batch} differs from the global "
                          f"batch {lr_batch} that --lr.lr={lr:g} belongs to (--lr.batch_size); say "
-                         f"how the learning rate follows: --lr.scaling={options.replace(', ', ' | ')}")
-    effective = lr if global_batch == lr_batch else scaled_lr(lr, global_batch, lr_batch, scaling)
-    return BatchPlan(world_size, per_process, global_batch, effective)
+                         f"how the learning rate follows: --lr.scaling={options}")
+    return scaled_lr(lr, global_batch, lr_batch, scaling)
 
 
 def plan_from_config(cfg: dict, world_size: int) -> BatchPlan:
