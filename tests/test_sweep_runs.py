@@ -110,7 +110,8 @@ def test_where_the_settings_come_from(demo, tmp_path):
     # what the user gave stays; runs that differ elsewhere are refused
     runs = [(config, "a/config.json"), None, (imagenet, "b/config.json")]
     taken, line = run_settings.infer(runs, {"data.style", "data.resolution"})
-    assert taken == {"model.arch": "resnet20", "model.num_classes": 4, "model.blurpool": False}
+    assert taken == {"model.arch": "resnet20", "model.num_classes": 4, "model.blurpool": False,
+                     "data.cifar_inputs": "reference"}  # only the cifar run records it
     assert line.startswith("settings of the training run (a/config.json, b/config.json): ")
     with pytest.raises(UsageError, match="differ in --data.style: cifar"):
         run_settings.infer(runs, set())
