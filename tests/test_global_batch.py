@@ -158,3 +158,21 @@ def test_a_scaled_run_says_so_and_records_the_effective_lr(train_beton, tmp_path
             "global batch of 128; linear scaling)") in proc.stdout
     assert json.loads((folder / "config.json").read_text())["batch_plan"]["lr"] == 0.05
     assert _lines(folder / "log.jsonl")[0]["lr"] == 0.05  # cosine, once per epoch: epoch 0's
+
+
+def test_step_log_writes_each_step_and_keeps_those_before_a_resume_point(tmp_path):
+    import torch
+    from ffcv_cram.runtime.dist import Context
+    from ffcv_cram.train.step_log import StepLog
+    log = StepLog(str(tmp_path), True, Context())
+    for batch, loss in enumerate((2.0, 1.5, 1.0)):
+        log.add(0, batch, torch.tensor(loss), 8, 0.1, "0.5" if batch else None)
+    assert not (tmp_path / "steps.jsonl").exists()  # the losses wait on the device until a flush
+    log.flush()
+    assert _lines(tmp_path / "steps.jsonl") == [
+        {"epoch": 0, "batch": b, "lr": 0.1, "sparsity": s, "samples": 8, "loss": loss}
+        for b, s, loss in ((0, None, 2.0), (1, "0.5", 1.5), (2, "0.5", 1.0))]
+    log.keep_before(0, 2)  # resumed at batch 2 of epoch 0: that step runs again
+    assert [line["batch"] for line in _lines(tmp_path / "steps.jsonl")] == [0, 1]
+    StepLog(str(tmp_path / "off"), False, Context()).flush()
+    assert not (tmp_path / "off").exists()
