@@ -94,41 +94,50 @@ def _lines(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+RECIPE = ["--model.arch=small_conv_net_no_bn", "--training.epochs=1", "--training.global_batch_size=32",
+          "--lr.lr=0.1", "--lr.batch_size=32", "--lr.warmup_epochs=0", "--training.optimizer=cram",
+          "--cram.sparsities=0.5,0.7,0.9", "--training.weight_decay=5e-4", "--resolution.min_res=32",
+          "--resolution.max_res=32", "--resolution.val_res=32", "--training.device=cpu",
+          "--data.num_workers=1", "--training.amp=none", "--logging.steps=1"]
+
+
+def _steps_at_world_size(world, beton, folder):
+    """The recipe's steps.jsonl on `world` processes, after checking what the run says and
+    records about its batch."""
+    proc = _train("tests/train_without_batchnorm.py", world, *RECIPE,
+                  f"--data.train_dataset={beton}", f"--logging.folder={folder}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"batch: 32 global = {32 // world} per process x {world} processes; lr 0.1" in proc.stdout
+    plan = json.loads((folder / "config.json").read_text())["batch_plan"]
+    assert plan == {"world_size": world, "batch_size_per_process": 32 // world,
+                    "global_batch_size": 32, "lr": 0.1}
+    for line in _lines(folder / "log.jsonl"):
+        assert (line["world_size"], line["batch_size_per_process"]) == (world, 32 // world)
+        assert (line["global_batch_size"], line["peak_lr"]) == (32, 0.1)
+    return _lines(folder / "steps.jsonl")
+
+
+@pytest.fixture(scope="module")
+def one_process_steps(train_beton, tmp_path_factory):
+    steps = _steps_at_world_size(1, train_beton, tmp_path_factory.mktemp("world1"))
+    assert len(steps) == 6 and {s["samples"] for s in steps} == {32}
+    assert {s["sparsity"] for s in steps} == {"0.5", "0.7", "0.9"}
+    return steps
+
+
 @pytest.mark.slow
-def test_one_recipe_at_world_size_1_2_and_4_trains_the_same_steps(train_beton, tmp_path):
-    """192 images, global batch 32: 6 steps an epoch of 32, 16 or 8 per process. Every world size
-    sees the same 32 images per step (one seeded permutation, each rank every world_size-th) with
-    the same crops (seeded per image), the same draws (seeded) and the same lr; without BatchNorm
+@pytest.mark.parametrize("world", [2, 4])
+def test_one_recipe_on_more_processes_trains_the_same_steps(one_process_steps, train_beton,
+                                                            tmp_path, world):
+    """192 images, global batch 32: 6 steps of 32, 16 or 8 per process. Every world size sees
+    the same 32 images per step (one seeded permutation, each rank every world_size-th) with the
+    same crops (seeded per image), the same draws (seeded) and the same lr; without BatchNorm
     the losses differ only by the order of float reductions."""
-    recipe = [f"--data.train_dataset={train_beton}", "--model.arch=small_conv_net_no_bn",
-              "--training.epochs=1", "--training.global_batch_size=32", "--lr.lr=0.1",
-              "--lr.batch_size=32", "--lr.warmup_epochs=0", "--training.optimizer=cram",
-              "--cram.sparsities=0.5,0.7,0.9", "--training.weight_decay=5e-4",
-              "--resolution.min_res=32", "--resolution.max_res=32", "--resolution.val_res=32",
-              "--training.device=cpu", "--data.num_workers=1", "--training.amp=none",
-              "--logging.steps=1"]
-    runs = {}
-    for world in (1, 2, 4):
-        folder = tmp_path / f"world{world}"
-        proc = _train("tests/train_without_batchnorm.py", world, *recipe, f"--logging.folder={folder}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert f"batch: 32 global = {32 // world} per process x {world} processes; lr 0.1" in proc.stdout
-        epochs, steps = _lines(folder / "log.jsonl"), _lines(folder / "steps.jsonl")
-        plan = json.loads((folder / "config.json").read_text())["batch_plan"]
-        assert plan == {"world_size": world, "batch_size_per_process": 32 // world,
-                        "global_batch_size": 32, "lr": 0.1}
-        for line in epochs:
-            assert (line["world_size"], line["batch_size_per_process"]) == (world, 32 // world)
-            assert (line["global_batch_size"], line["peak_lr"]) == (32, 0.1)
-        runs[world] = steps
-    one = runs[1]
-    assert len(one) == 6 and {s["samples"] for s in one} == {32}
-    assert {s["sparsity"] for s in one} == {"0.5", "0.7", "0.9"}
-    for world in (2, 4):
-        for a, b in zip(one, runs[world], strict=True):
-            assert {k: a[k] for k in ("epoch", "batch", "samples", "lr", "sparsity")} == \
-                   {k: b[k] for k in ("epoch", "batch", "samples", "lr", "sparsity")}
-            assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    steps = _steps_at_world_size(world, train_beton, tmp_path)
+    keys = ("epoch", "batch", "samples", "lr", "sparsity")
+    for a, b in zip(one_process_steps, steps, strict=True):
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
 
 
 def _cifar_args(beton, folder):
