@@ -20,6 +20,8 @@ from ffcv_cram.choices import COMPILE_MODES
 from ffcv_cram.config import (EXIT_USAGE, FloatList, Flag, IntRange, StrList, UsageError, fail,
                               given_keys, parse)
 from ffcv_cram.data.decode_choice import DECODES, JPEG_DECODERS
+from ffcv_cram.data.normalisation import CIFAR_INPUTS
+from ffcv_cram.sweep.precision import EVAL_AMP
 
 Section("eval", "checkpoints and evaluation").params(
     checkpoint=Param(StrList(), "checkpoint file(s), comma-separated", required=True),
@@ -28,6 +30,8 @@ Section("eval", "checkpoints and evaluation").params(
     device=Param(OneOf(["auto", "cpu", "cuda"]), "auto: cuda when available", default="auto"),
     trust_checkpoint=Param(Flag(), "load checkpoints that need full unpickling, which can run code "
                            "they carry: only for files you trust", default=False),
+    amp=Param(OneOf(EVAL_AMP), "autocast of every evaluation and of batch-norm tuning: auto (bf16 "
+              "on CUDA, none on the CPU) | bf16 | none (float32)", default="auto"),
     compile=Param(Flag(), "torch.compile the model for its evaluations (pruning and batch-norm "
                   "tuning stay eager; the first evaluation compiles)", default=False),
     compile_mode=Param(OneOf(COMPILE_MODES), "with compile: default | max-autotune-no-cudagraphs",
@@ -56,6 +60,10 @@ Section("data", "datasets").params(
                        "TorchCodec, else nvImageCodec) | torchvision | torchcodec | nvimgcodec | cpu",
                        default="auto"),
     gpu_prefetch=Param(IntRange(1), "with decode=gpu: batches prepared ahead", default=2),
+    cifar_inputs=Param(OneOf(CIFAR_INPUTS), "cifar style: reference (the CrAM reference's std "
+                       "0.2023,0.1994,0.2010) | cifar10_std (0.2470,0.2435,0.2616: ffcv-cram runs "
+                       "before the reference's became the default) (unset: the training run's)",
+                       default="reference"),
 )
 Section("prune", "one-shot pruning").params(
     method=Param(StrList(), "global | uniform | nm (several: comma-separated)", default="global"),

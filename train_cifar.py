@@ -12,7 +12,8 @@ from ffcv_cram.train import cli
 
 DEFAULTS = {
     "model.arch": "resnet20", "training.optimizer": "cram", "training.epochs": 200,
-    "training.batch_size": 128, "training.weight_decay": 5e-4, "lr.schedule": "cosine",
+    "training.global_batch_size": 128, "lr.batch_size": 128, "training.weight_decay": 5e-4,
+    "lr.schedule": "cosine",
     "lr.lr": 0.1, "lr.warmup_epochs": 5, "lr.per_iteration": False, "cram.rho": 0.2,
     "cram.sparsities": "0.3,0.4,0.5,0.6,0.7,0.8,0.9",
 }

@@ -42,11 +42,12 @@ def make_dataset(folder: Path) -> str:
 
 
 def train_args(dataset: str, folder: Path, epochs: int = 3) -> list[str]:
-    """Small and exact: batches of 16 per process, no validation, deterministic kernels; waits for
-    the other process fail after 60 s instead of hanging."""
+    """Small and exact: batches of 16 per process (32 over the two), no validation,
+    deterministic kernels; waits for the other process fail after 60 s instead of hanging."""
     return [str(REPOSITORY / "train_cifar.py"), f"--data.train_dataset={dataset}",
             "--data.val_dataset=", f"--logging.folder={folder}", f"--training.epochs={epochs}",
-            "--training.batch_size=16", "--lr.warmup_epochs=0", "--data.num_workers=1",
+            "--training.global_batch_size=32", "--lr.scaling=none", "--lr.warmup_epochs=0",
+            "--data.num_workers=1",
             "--training.device=cpu", "--training.deterministic=1", "--training.dist_timeout=60"]
 
 

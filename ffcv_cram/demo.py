@@ -64,7 +64,8 @@ def train_command(py: str, out: Path, size: dict, device: str, folder: Path, *ex
     (`extra` flags override, e.g. --training.optimizer=sgd)."""
     return [py, "train_cifar.py", "--config-file", "cifar_configs/rn20_cram_plus_high_sparsity.yaml",
             f"--training.epochs={size['epochs']}", "--cram.rho=0.05",
-            f"--training.batch_size={size['batch_size']}", "--lr.warmup_epochs=1",
+            f"--training.global_batch_size={size['batch_size']}", "--lr.scaling=none",
+            "--lr.warmup_epochs=1",
             "--lr.per_iteration=1", f"--training.device={device}",
             f"--data.train_dataset={out / 'train.beton'}",
             f"--data.val_dataset={out / 'val.beton'}", "--validation.every=0",

@@ -189,7 +189,8 @@ def dataset(tmp_path_factory):
 
 def train_args(dataset, folder, epochs, *extra):
     return [f"--data.train_dataset={dataset}", "--data.val_dataset=",
-            f"--model.num_classes={CLASSES}", f"--logging.folder={folder}", f"--training.epochs={epochs}", "--training.batch_size=32",
+            f"--model.num_classes={CLASSES}", f"--logging.folder={folder}", f"--training.epochs={epochs}",
+            "--training.global_batch_size=32", "--lr.scaling=none",
             "--lr.warmup_epochs=0", "--data.num_workers=1", "--training.device=cpu", *extra]
 
 

@@ -36,3 +36,12 @@ def test_recipe_keys_and_values(entries, path):
             entries[(section, key)].validate(value)
     if "cram" in content and content["training"]["optimizer"] == "cram":
         assert content["cram"]["plus_version"] == 1 and content["cram"]["sparse_grad"] == 1
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_recipe_states_its_global_batch_and_the_batch_its_lr_belongs_to(path):
+    """The same run at any number of processes: no per-process batch, and the lr's batch stated,
+    so a run at another global batch must say how the lr follows (--lr.scaling)."""
+    content = yaml.safe_load(path.read_text())
+    assert "batch_size" not in content["training"]
+    assert content["lr"]["batch_size"] == content["training"]["global_batch_size"]

@@ -31,7 +31,10 @@ def grads_at(model, x, y, values=None, freeze_bn=False):
 
 
 def uniform_reference(tensors, sparsity):
-    return [sorted_reference([t], sparsity)[0] for t in tensors]
+    """The reference's unif_prune: each tensor to the sparsity, but the first conv and the
+    classifier (the first and last tensors of rank > 1) stay dense."""
+    inner = [sorted_reference([t], sparsity)[0] for t in tensors[1:-1]]
+    return [None, *inner, None]
 
 
 def hand_update(model, batches, masks_fn, rho, plus, sparse_grad, grad_norm, ascent=True):

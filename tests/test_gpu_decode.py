@@ -385,7 +385,7 @@ def test_train_imagenet_with_gpu_decode_and_progressive_resizing(betons, tmp_pat
         sys.executable, str(ROOT / "train_imagenet.py"), f"--data.train_dataset={betons['jpg']}",
         f"--data.val_dataset={betons['mixed']}", "--data.decode=gpu", "--model.arch=resnet18",
         f"--model.num_classes={N}", f"--logging.folder={folder}", "--training.epochs=2",
-        "--training.batch_size=8", "--training.optimizer=sgd", "--lr.warmup_epochs=0",
+        "--training.global_batch_size=8", "--lr.scaling=none", "--training.optimizer=sgd", "--lr.warmup_epochs=0",
         "--resolution.min_res=32", "--resolution.max_res=48", "--resolution.end_ramp=1",
         "--resolution.val_res=40"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -50,7 +50,7 @@ def command(beton, folder, workers):
     return [sys.executable, str(ROOT / "train_imagenet.py"), f"--data.train_dataset={beton}",
             "--data.val_dataset=", f"--data.num_workers={workers}", f"--logging.folder={folder}",
             "--model.arch=resnet20", "--model.num_classes=4", "--training.epochs=2",
-            "--training.batch_size=16", "--training.device=cpu", "--training.amp=none",
+            "--training.global_batch_size=16", "--lr.scaling=none", "--training.device=cpu", "--training.amp=none",
             "--training.deterministic=1", "--lr.warmup_epochs=0", "--resolution.min_res=32",
             "--resolution.max_res=48", "--resolution.end_ramp=1"]
 

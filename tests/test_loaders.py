@@ -109,9 +109,35 @@ def test_flip_translate_matches_a_direct_reference():
     g = torch.Generator().manual_seed(0)
     flip = torch.rand(2, generator=g) < 0.5
     shift = torch.randint(0, 9, (2, 2), generator=g)
-    out = flip_translate(x, torch.Generator().manual_seed(0), padding=4)
+    fill = torch.tensor([-1.0, -2.0, -3.0])
+    out = flip_translate(x, torch.Generator().manual_seed(0), padding=4, fill=fill)
     for i in range(2):
         img = x[i].flip(2) if flip[i] else x[i]
-        padded = torch.nn.functional.pad(img, (4, 4, 4, 4))
+        padded = fill.view(3, 1, 1).repeat(1, 13, 14)  # the fill, per channel, around the image
+        padded[:, 4:9, 4:10] = img
         dy, dx = shift[0, i], shift[1, i]
         assert torch.equal(out[i], padded[:, dy:dy + 5, dx:dx + 6])
+
+
+def test_cifar_normalisation_and_crop_padding_are_the_references():
+    """The CrAM reference: Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)) after
+    RandomCrop(32, padding=4), which pads with black: a black pixel, normalised."""
+    from ffcv_cram.data.normalisation import normalised_black
+    assert torch.allclose(torch.tensor(CIFAR_STD) / 255, torch.tensor([0.2023, 0.1994, 0.2010]))
+    assert torch.allclose(torch.tensor(CIFAR_MEAN) / 255, torch.tensor([0.4914, 0.4822, 0.4465]))
+    black = normalised_black(CIFAR_MEAN, CIFAR_STD)
+    assert torch.allclose(black, -torch.tensor([0.4914 / 0.2023, 0.4822 / 0.1994, 0.4465 / 0.2010]))
+
+
+def test_cifar_training_batches_are_padded_with_black(beton):
+    """Sample i is a flat image of value i; a shift shows the padding at the border, which must
+    read back as black (0) on the pixel scale, never as the mean (the old zero fill)."""
+    loader = ImageLoader(beton, train=True, batch_size=16, style="cifar", num_workers=1, seed=3)
+    mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    borders = 0
+    for x, y in loader:
+        pixels = (x * std + mean).round()
+        inside = pixels == y.view(-1, 1, 1, 1).float()
+        assert ((pixels == 0) | inside).all()
+        borders += int((~inside).sum())
+    assert borders > 0

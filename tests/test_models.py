@@ -32,5 +32,9 @@ def test_blurpool_keeps_state_dict_and_blurs_strided_convs():
     plain.eval(), blurred.eval()
     assert not torch.allclose(plain(x), blurred(x))
     conv = BlurConv2d(16, 4, 3, stride=2, padding=1, bias=False)
-    flat = torch.ones(1, 16, 8, 8)
-    assert torch.allclose(conv(flat), torch.nn.functional.conv2d(flat, conv.weight, stride=2, padding=1))
+    # zero padding, as ffcv-imagenet's BlurPoolConv2d: a flat image darkens at the border
+    # (edge: 12/16 of the taps inside, corner: 9/16)
+    expected = torch.ones(8, 8)
+    expected[0, :] = expected[-1, :] = expected[:, 0] = expected[:, -1] = 0.75
+    expected[0, 0] = expected[0, -1] = expected[-1, 0] = expected[-1, -1] = 0.5625
+    assert torch.equal(conv._blur(torch.ones(1, 16, 8, 8)), expected.expand(1, 16, 8, 8))

@@ -44,7 +44,7 @@ def test_two_processes_with_explicit_settings_equal_one_with_the_runs_settings(d
     assert code == 0, stderr[-3000:]
     assert (f"settings of the training run ({out / 'runs/cram/config.json'}, "
             f"{out / 'runs/sgd/config.json'}): --model.arch=resnet20 --model.num_classes=4 "
-            "--model.blurpool=0 --data.style=cifar") in stdout.splitlines()
+            "--model.blurpool=0 --data.style=cifar --data.cifar_inputs=reference") in stdout.splitlines()
     code, stdout2, stderr2 = eval_sparse(
         *common, "--model.arch=resnet20", "--model.num_classes=4", "--data.style=cifar",
         f"--out.dir={tmp_path / 'two'}", launcher=TORCHRUN)
@@ -97,7 +97,8 @@ def test_where_the_settings_come_from(demo, tmp_path):
     out, _ = demo
     config = json.loads((out / "runs/cram/config.json").read_text())
     assert run_settings.settings_of(config) == {
-        "model.arch": "resnet20", "model.blurpool": False, "model.num_classes": 4, "data.style": "cifar"}
+        "model.arch": "resnet20", "model.blurpool": False, "model.num_classes": 4, "data.style": "cifar",
+        "data.cifar_inputs": "reference"}
     imagenet = {**config, "resolution": {**config["resolution"], "val_res": 256}}
     assert run_settings.settings_of(imagenet)["data.resolution"] == 256
     # without config.json: the configuration inside checkpoint_last.pt beside the weights
@@ -109,7 +110,8 @@ def test_where_the_settings_come_from(demo, tmp_path):
     # what the user gave stays; runs that differ elsewhere are refused
     runs = [(config, "a/config.json"), None, (imagenet, "b/config.json")]
     taken, line = run_settings.infer(runs, {"data.style", "data.resolution"})
-    assert taken == {"model.arch": "resnet20", "model.num_classes": 4, "model.blurpool": False}
+    assert taken == {"model.arch": "resnet20", "model.num_classes": 4, "model.blurpool": False,
+                     "data.cifar_inputs": "reference"}  # only the cifar run records it
     assert line.startswith("settings of the training run (a/config.json, b/config.json): ")
     with pytest.raises(UsageError, match="differ in --data.style: cifar"):
         run_settings.infer(runs, set())

@@ -25,8 +25,8 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 
 def args(data, folder, *extra, epochs=2):
     return [f"--data.train_dataset={data['train']}", f"--data.val_dataset={data['val']}",
-            f"--logging.folder={folder}", f"--training.epochs={epochs}", "--training.batch_size=32",
-            "--lr.warmup_epochs=0", "--data.num_workers=1", "--training.device=cpu", *extra]
+            f"--logging.folder={folder}", f"--training.epochs={epochs}",
+            "--training.global_batch_size=32", "--lr.scaling=none", "--lr.warmup_epochs=0", "--data.num_workers=1", "--training.device=cpu", *extra]
 
 
 def train(*argv, script="train_cifar.py", timeout=600):
@@ -76,7 +76,7 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
     folder = tmp_path / "ddp"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", str(ROOT / "train_cifar.py"),
-                           *args(data, folder, "--training.batch_size=16",
+                           *args(data, folder,  # 16 per process
                                  f"--data.val_dataset={data['val_odd']}",
                                  "--validation.batch_size=5")],
                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
@@ -259,7 +259,7 @@ def test_sigkilled_mid_epoch_torchrun_run_resumes_bit_identically(data, tmp_path
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 str(ROOT / "train_cifar.py")]
     killed_and_resumed_equals_whole(torchrun, data, tmp_path, "--training.deterministic=1",
-                                    "--training.batch_size=16", "--data.val_dataset=")
+                                    "--data.val_dataset=")  # 16 per process
 
 
 @pytest.mark.slow

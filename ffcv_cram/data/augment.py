@@ -12,14 +12,21 @@ def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + batch)
 
 
-def flip_translate(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+def flip_translate(x: torch.Tensor, generator: torch.Generator, padding: int = 4,
+                   fill: torch.Tensor | None = None) -> torch.Tensor:
     """Flip each image with probability 1/2 and shift it by up to `padding` pixels in each
-    direction, filling with zeros (the dataset mean, after normalisation). Layout is preserved."""
-    n, _, h, w = x.shape
+    direction, filling with `fill` per channel (None: zeros). The loaders pass a normalised black
+    pixel (`normalisation.normalised_black`): the reference pads with black, then normalises.
+    Layout is preserved."""
+    n, c, h, w = x.shape
     flip, shift = _to_device(torch.rand(n, generator=generator) < 0.5,
                              torch.randint(0, 2 * padding + 1, (2, n), generator=generator), x.device)
     x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
     padded = F.pad(x, (padding,) * 4)
+    if fill is not None:  # the border only: the image's own values stay bit-exact
+        border = torch.ones(h + 2 * padding, w + 2 * padding, dtype=torch.bool, device=x.device)
+        border[padding:padding + h, padding:padding + w] = False
+        padded = torch.where(border, fill.to(device=x.device, dtype=x.dtype).view(1, c, 1, 1), padded)
     rows = (torch.arange(h, device=x.device).view(1, h) + shift[0].view(n, 1)).view(n, 1, h, 1)
     cols = (torch.arange(w, device=x.device).view(1, w) + shift[1].view(n, 1)).view(n, 1, 1, w)
     batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)

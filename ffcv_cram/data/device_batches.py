@@ -33,6 +33,7 @@ from .augment import batch_generator, flip_translate
 from .encoded_bytes import HEADER_BYTES, JPG, EncodedBatch
 from .gpu_augment import center_crops, normalize
 from .gpu_decode import DecodeCounts, decode_jpegs
+from .normalisation import normalised_black
 from .seeded_crops import random_crops_and_flips
 from .triton_crops import (TABLE_COLUMNS, crop_resize_normalize, crops_reference, fill_table,
                            kernel_usable)
@@ -64,6 +65,7 @@ class DeviceBatches:
     slots: int = 3
     crop_kernel: bool | None = None  # None: the kernel on CUDA, the reference on the CPU
     region_decode: bool = True    # ask a decoder that can for the crop box only
+    pad_black: bool = True        # cifar translate: pad with black (else zeros: the mean)
     counts: DecodeCounts = field(default_factory=DecodeCounts)
 
     def __post_init__(self):
@@ -71,6 +73,7 @@ class DeviceBatches:
         # built once: later batches never copy them again
         self._mean = torch.tensor(self.mean, dtype=torch.float32).to(self.device)
         self._std = torch.tensor(self.std, dtype=torch.float32).to(self.device)
+        self._pad = normalised_black(self.mean, self.std).to(self.device) if self.pad_black else None
         self._ring = [_Slot() for _ in range(max(1, self.slots))]
         self._turn = 0
         usable = kernel_usable(self.device)
@@ -235,5 +238,5 @@ class DeviceBatches:
             pixels = torch.stack(self._device_views(slot, images, on_host, pixels_at))
         x = normalize(pixels.float(), self._mean, self._std, self.dtype, self.channels_last)
         if self.train:
-            x = flip_translate(x, batch_generator(self.seed, epoch, batch))
+            x = flip_translate(x, batch_generator(self.seed, epoch, batch), fill=self._pad)
         return x

@@ -36,15 +36,13 @@ from .decode_choice import DECODES
 from .device_batches import DeviceBatches
 from .encoded_bytes import JPG, EncodedImageBytes, largest_image_bytes
 from .jpeg_decoders import JPEG_DECODERS, DecoderUnavailable, choose_decoder
+from .normalisation import (CIFAR_INPUTS, CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN,  # noqa: F401
+                            IMAGENET_STD, normalised_black, style_constants)  # (re-exported)
 from .prefetch import prefetch
 from .seeded_decoder import SeededRandomResizedCrop
 from .start_batch import StartAtBatch
 from .threads import loader_threads, torch_threads
 
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-CIFAR_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
-CIFAR_STD = (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)
 DEFAULT_CROP_RATIO = 224 / 256
 STYLES = ("imagenet", "cifar")
 ORDERS = ("random", "quasi_random", "sequential")
@@ -82,9 +80,11 @@ class ImageLoader:
     style 'imagenet': train = RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip, drawn per
     (seed, epoch, dataset index) so runs replay exactly whatever the thread count
     (`seeded_crops`), val = center crop of `crop_ratio` resized to `resolution`; style 'cifar':
-    train = flip + random translate by up to 4 px, seeded per (seed, epoch, batch) so runs replay
-    exactly (`ffcv_cram.data.augment`), val = the stored image. Both normalised with the style's
-    mean/std. `decode` 'gpu' decodes and augments on `device` with `jpeg_decoder` ('auto': on
+    train = flip + random translate by up to 4 px, padded with black as the CrAM reference's
+    RandomCrop(32, padding=4), seeded per (seed, epoch, batch) so runs replay exactly
+    (`ffcv_cram.data.augment`), val = the stored image. Both normalised with the style's
+    mean/std (`normalisation`: for CIFAR the reference's; `cifar_inputs='cifar10_std'`: the true
+    std and padding with the mean, as ffcv-cram before). `decode` 'gpu' decodes and augments on `device` with `jpeg_decoder` ('auto': on
     CUDA torchvision's nvJPEG, else TorchCodec, else nvImageCodec, one notice saying which; on a CPU
     device FFCV's libjpeg-turbo, so the same code runs on CPU tensors): the same crops and flips
     for the same sample as 'cpu', resampled with anti-aliased bilinear (FFCV: OpenCV's
@@ -109,7 +109,8 @@ class ImageLoader:
                  crop_ratio: float = DEFAULT_CROP_RATIO, channels_last: bool = True,
                  indices=None, decode: str = "cpu", jpeg_decoder: str = "auto",
                  gpu_prefetch: int = 2, crop_kernel: bool | None = None,
-                 region_decode: bool = True, sync_handover: bool = False):
+                 region_decode: bool = True, sync_handover: bool = False,
+                 cifar_inputs: str = "reference"):
         if not os.path.isfile(path):
             raise LoaderError(f"{path}: no such .beton file (write it with write_datasets.py)")
         if style not in STYLES:
@@ -123,6 +124,8 @@ class ImageLoader:
                               f"{', '.join(JPEG_DECODERS)}")
         if gpu_prefetch < 1:
             raise LoaderError(f"gpu_prefetch={gpu_prefetch}: must be >= 1")
+        if cifar_inputs not in CIFAR_INPUTS:
+            raise LoaderError(f"cifar_inputs={cifar_inputs!r}: must be one of {', '.join(CIFAR_INPUTS)}")
         order = order or ("random" if train else "sequential")
         if order not in ORDERS:
             raise LoaderError(f"order={order!r}: must be one of {', '.join(ORDERS)}")
@@ -141,7 +144,7 @@ class ImageLoader:
         self.dtype, self.train, self.style = dtype, train, style
         self.channels_last = channels_last
         self.decode = decode if decode != "auto" else ("gpu" if self.device.type == "cuda" else "cpu")
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if style == "imagenet" else (CIFAR_MEAN, CIFAR_STD)
+        mean, std, pad_black = style_constants(style, cifar_inputs)
         self.seed = seed
         self.on_gpu = self.device.type == "cuda"
         self.decoder, self.device_batches = None, None
@@ -172,7 +175,7 @@ class ImageLoader:
             self.device_batches = DeviceBatches(
                 self.device, style, train, resolution, crop_ratio, mean, std, dtype, channels_last,
                 seed, decoder=jpeg, slots=gpu_prefetch + 1, crop_kernel=crop_kernel,
-                region_decode=region_decode)
+                region_decode=region_decode, pad_black=pad_black)
         if order != "quasi_random":
             self.loader.traversal_order = ShardedOrder(self.loader, rank, world_size,
                                                        shuffle=order == "random")
@@ -181,6 +184,7 @@ class ImageLoader:
         self.loader.traversal_order = self._start
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.pad = normalised_black(mean, std, self.device) if pad_black else None
 
     def _cpu_pipelines(self, style, train, mean, std):
         image_ops = [self.decoder]  # the imagenet train decoder flips too
@@ -275,7 +279,8 @@ class ImageLoader:
         for batch, (images, labels) in enumerate(self._epoch_iterator(), start):
             images = self._finish(images)
             if self.train and self.style == "cifar":
-                images = flip_translate(images, batch_generator(self.seed, epoch, batch))
+                images = flip_translate(images, batch_generator(self.seed, epoch, batch),
+                                        fill=self.pad)
             yield images, labels.reshape(-1).long().clone()
 
     def epochs(self, count: int | None = None):

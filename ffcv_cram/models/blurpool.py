@@ -1,23 +1,29 @@
 """BlurPool (Zhang, 2019) as used by ffcv-imagenet: a fixed 3x3 binomial blur before every strided
-convolution with at least 16 input channels.
+convolution with at least 16 input channels, zero-padded as theirs (`F.conv2d(..., padding=1)`).
 
 Implemented as a Conv2d subclass swapped in place, so parameter names, the state_dict and the
-prunable set are exactly those of the plain model: a checkpoint loads into either. The blur
-kernel is no state at all: it is built on the input's device, in its dtype, in every forward.
+prunable set are exactly those of the plain model: a checkpoint loads into either (ffcv-imagenet's
+own key names, `<conv>.conv.weight` and `<conv>.blur_filter`, are mapped on loading by
+`sweep.checkpoints`). The blur kernel is no state at all: it is built on the input's device, in
+its dtype, in every forward.
 """
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 
+def blur_filter(channels: int, device=None, dtype=None) -> torch.Tensor:
+    """ffcv-imagenet's filter: outer([1, 2, 1], [1, 2, 1]) / 16 per channel, shape (C, 1, 3, 3)."""
+    # the taps computed on the device: torch.tensor([1., 2., 1.], device=cuda) would be a
+    # blocking host-to-device copy in every forward
+    taps = 2 - (torch.arange(3, device=device, dtype=dtype) - 1).abs()
+    return ((taps[:, None] * taps[None, :]) / 16).expand(channels, 1, 3, 3)
+
+
 class BlurConv2d(nn.Conv2d):
     def _blur(self, x: torch.Tensor) -> torch.Tensor:
-        # the taps [1, 2, 1] computed on the device: torch.tensor([1., 2., 1.], device=cuda)
-        # would be a blocking host-to-device copy in every forward
-        taps = 2 - (torch.arange(3, device=x.device, dtype=x.dtype) - 1).abs()
-        kernel = (taps[:, None] * taps[None, :]) / 16
-        kernel = kernel.expand(x.shape[1], 1, 3, 3)
-        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernel, groups=x.shape[1])
+        kernel = blur_filter(x.shape[1], x.device, x.dtype)
+        return F.conv2d(x, kernel, padding=1, groups=x.shape[1])  # zeros around, as ffcv-imagenet
 
     def forward(self, x):
         return super().forward(self._blur(x))

@@ -225,9 +225,9 @@ class _CompressedTwoPass(TwoPassOptimizer):
             if params:  # rho * g rounded before the add, as in the fused path (no FMA)
                 scale = group["rho"] if inv_norm is None else inv_norm * group["rho"]
                 torch._foreach_add_(params, torch._foreach_mul([p.grad for p in params], scale))
-        prunable = [p for p in moved if p.dim() > 1]
+        prunable = [p for p in moved if self._compresses(p)]
         masks = iter(self._compress(prunable))
-        self._step_masks = [next(masks) if p.dim() > 1 else None for p in moved]
+        self._step_masks = [next(masks) if self._compresses(p) else None for p in moved]
 
     def _fused_plan(self, groups, moved):
         """The fused step's plan (tables, workspaces), rebuilt only when the moved parameters,
@@ -236,7 +236,8 @@ class _CompressedTwoPass(TwoPassOptimizer):
         rhos = [group["rho"] for group, params in groups for _ in params]
         plan = self._plan
         if plan is None or plan.rhos != rhos or not plan.matches(moved):
-            masks = [self.buffer(p, "mask", torch.bool) if p.dim() > 1 else None for p in moved]
+            masks = [self.buffer(p, "mask", torch.bool) if self._compresses(p) else None
+                     for p in moved]
             plan = self._plan = StepPlan(
                 moved, [self.buffer(p, "w") for p in moved],
                 [self.buffer(p, "g") for p in moved] if self._saves_grad() else None, masks,
@@ -249,6 +250,10 @@ class _CompressedTwoPass(TwoPassOptimizer):
         """Selection group of each moved parameter for the fused plan (None: no global/uniform
         selection, as in N:M)."""
         return None
+
+    def _compresses(self, p: torch.Tensor) -> bool:
+        """Whether the step compresses `p`: every tensor of rank > 1 (Conv and Linear weights)."""
+        return p.dim() > 1
 
     def _inv_grad_norm(self, moved):
         return 1.0 / (self.grad_norm(moved) + 1e-12) if self.use_grad_norm else None
@@ -346,8 +351,12 @@ class TopkCrAM(_CompressedTwoPass):
     """TopkCrAM(params, base_optimizer, rho=0.05, sparsities=(0.5, 0.7, 0.9), ...).
 
     Each step draws one sparsity uniformly from `sparsities` (seeded; identical on every rank)
-    and compresses to it with one global threshold (scope='global') or per tensor ('uniform';
-    the reference's `unif_prune=True`). `last_sparsity` holds the latest draw.
+    and compresses to it with one global threshold (scope='global', every tensor of rank > 1)
+    or per tensor ('uniform', the reference's `unif_prune=True`): every tensor of rank > 1 except
+    those in `dense`, by default the first and the last tensor of rank > 1 in parameter order --
+    as the reference, which skips its model's first conv and classifier (the trainer passes them
+    chosen by module type, the rule of one-shot uniform pruning). `last_sparsity` holds the
+    latest draw.
     """
 
     def __init__(self, params, base_optimizer, rho: float = 0.05,
@@ -355,17 +364,27 @@ class TopkCrAM(_CompressedTwoPass):
                  plus_version: bool = True, sparse_grad: bool = True, scope: str = "global",
                  seed: int = 0, unif_prune: bool | None = None, kernels: bool | None = None,
                  interval: int = 1, reuse: bool = False, second_pass_fraction: float = 1.0,
-                 **base_kwargs):
+                 dense=None, **base_kwargs):
         if unif_prune:  # the reference's spelling of scope='uniform'
             scope = "uniform"
         if scope not in ("global", "uniform"):
             raise ValueError(f"scope={scope!r}: must be 'global' or 'uniform'")
+        if dense is not None and scope != "uniform":
+            raise ValueError("dense: only with scope='uniform' (global compresses every tensor "
+                             "of rank > 1)")
         self.sparsities = _sparsity_list(sparsities)
         self.scope = scope
         self.last_sparsity: float | None = None
         super().__init__(params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
                          kernels, interval=interval, reuse=reuse,
                          second_pass_fraction=second_pass_fraction, **base_kwargs)
+        if scope == "uniform" and dense is None:
+            ranked = [p for p in self._params() if p.dim() > 1]
+            dense = ranked[:1] + ranked[-1:]
+        self._dense = {id(p) for p in dense or ()}  # by identity: tensors compare elementwise
+
+    def _compresses(self, p: torch.Tensor) -> bool:
+        return p.dim() > 1 and id(p) not in self._dense
 
     def _compress(self, prunable):
         self.last_sparsity = self.sparsities[self.draw(len(self.sparsities))]

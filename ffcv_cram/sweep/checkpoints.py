@@ -1,8 +1,10 @@
 """Reading model weights from every checkpoint format a user is likely to hold.
 
 Accepted: ffcv-cram's final_weights.pt (a plain state_dict) and checkpoint_last.pt; plain
-torchvision state_dicts; DDP / DataParallel `module.`-prefixed state_dicts (ffcv-imagenet's
-final_weights.pt) and torch.compile's `_orig_mod.` prefix; the reference CrAM format
+torchvision state_dicts; DDP / DataParallel `module.`-prefixed state_dicts and torch.compile's
+`_orig_mod.` prefix; ffcv-imagenet's final_weights.pt (`module.`-prefixed, and its BlurPool
+modules' keys `<conv>.conv.weight` / `<conv>.blur_filter` mapped to ours, `<conv>.weight`, after
+checking the filter is the binomial blur our BlurPool applies); the reference CrAM format
 {'epoch', 'model_config', 'model_state_dict', 'optimizer': {...}, 'lr_scheduler': {...}}.
 All of them load with weights_only (see `safe_load`): a file that needs more is refused unless the
 user trusts it.
@@ -15,9 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..models.blurpool import blur_filter
 from ..safe_load import UnsafeFile, load
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+BLUR_FILTER = ".blur_filter"  # ffcv-imagenet's BlurPoolConv2d: a buffer beside its `conv`
 
 
 class CheckpointError(Exception):
@@ -31,10 +35,31 @@ def _strip(state: dict) -> dict:
     return state
 
 
+def _from_ffcv_blurpool(state: dict, path: str) -> tuple[dict, bool]:
+    """ffcv-imagenet's BlurPool keys as ours; True when the file had any."""
+    blurred = [k[:-len(BLUR_FILTER)] for k in state if k.endswith(BLUR_FILTER)]
+    for conv in blurred:
+        found = state[conv + BLUR_FILTER]
+        expected = blur_filter(found.shape[0], dtype=found.dtype)
+        if found.shape != expected.shape or not torch.allclose(found, expected):
+            raise CheckpointError(f"{path}: {conv}{BLUR_FILTER} is not ffcv-imagenet's binomial "
+                                  "blur, which is the only BlurPool this model has")
+    if not blurred:
+        return state, False
+    renamed = {}
+    for key, value in state.items():
+        conv = next((c for c in blurred if key.startswith(c + ".conv.")), None)
+        if key.endswith(BLUR_FILTER):
+            continue
+        renamed[key if conv is None else conv + key[len(conv) + len(".conv"):]] = value
+    return renamed, True
+
+
 @dataclass
 class Checkpoint:
     state: dict  # the model's state_dict, wrapper prefixes removed
     config: dict | None  # the training run's configuration, when the file holds one (ours do)
+    blurpool: bool = False  # the file's key names say it was trained with BlurPool (ffcv-imagenet)
 
 
 def load_checkpoint(path: str, trusted: bool = False) -> Checkpoint:
@@ -50,7 +75,8 @@ def load_checkpoint(path: str, trusted: bool = False) -> Checkpoint:
     except Exception as err:  # pickle, zip and torch errors all mean "not a checkpoint"
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__})") from None
     config = obj.get("config") if isinstance(obj, dict) else None
-    return Checkpoint(_state_dict(obj, path), config if isinstance(config, dict) else None)
+    state, blurpool = _from_ffcv_blurpool(_state_dict(obj, path), path)
+    return Checkpoint(state, config if isinstance(config, dict) else None, blurpool)
 
 
 def load_state_dict(path: str, trusted: bool = False) -> dict:

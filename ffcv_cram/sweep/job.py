@@ -23,6 +23,7 @@ from .checkpoints import CheckpointError, check_fits, load_checkpoint
 from .checks import calibration_indices, check_arguments, check_model_and_data
 from .datasets import upsampling_warning
 from .points import Item, SweepSettings, measure, rows_of, work_items
+from .precision import eval_amp_dtype
 from .ranks import run_split
 from .report import text_table, write_reports
 
@@ -37,6 +38,13 @@ def _load_all(cfg: dict) -> list:
         except UnsafeFile as err:
             raise UsageError(err.explain("--eval.trust_checkpoint=1")) from None
     return checkpoints
+
+
+def _check_blurpool(cfg: dict, checkpoints: list) -> None:
+    for path, checkpoint in zip(cfg["eval"]["checkpoint"], checkpoints):
+        if checkpoint.blurpool and not cfg["model"]["blurpool"]:
+            raise UsageError(f"{path}: trained with BlurPool (ffcv-imagenet's blur_filter keys); "
+                             "evaluate it with --model.blurpool=1")
 
 
 def _with_run_settings(cfg: dict, checkpoints: list, given: set[str]) -> tuple[dict, str | None]:
@@ -75,7 +83,8 @@ def _loaders(cfg: dict, device: torch.device, indices):
     common = dict(style=d["style"], resolution=d["resolution"],
                   num_workers=loader_threads(d["num_workers"]), device=device,
                   in_memory=d["in_memory"], decode=d["decode"],
-                  jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2))
+                  jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2),
+                  cifar_inputs=d.get("cifar_inputs", "reference"))
     if os.environ.get("RANK", "0") == "0":  # once, also when torchrun starts several processes
         print(thread_summary(d["num_workers"]), flush=True)
     val = ImageLoader(d["val_dataset"], train=False, batch_size=cfg["eval"]["batch_size"], **common)
@@ -124,6 +133,7 @@ def run_sweep(cfg: dict, given: set[str] = frozenset()):
         points, labels, momentum = check_arguments(cfg)
         checkpoints = _load_all(cfg)
         cfg, note = _with_run_settings(cfg, checkpoints, given)
+        _check_blurpool(cfg, checkpoints)
         num_classes = check_model_and_data(cfg)
         d = cfg["data"]
         warning = upsampling_warning(d["val_dataset"], d["style"], d["resolution"])
@@ -149,6 +159,10 @@ def _sweep(cfg, ctx: Context, checkpoints, points, labels, momentum, num_classes
             print(note, flush=True)
         if warning:
             print(warning, file=sys.stderr, flush=True)
+    amp_dtype = eval_amp_dtype(cfg["eval"]["amp"], ctx.device)
+    if ctx.is_main:
+        print(f"precision: {'bf16 autocast' if amp_dtype else 'float32'} for evaluations and "
+              f"batch-norm tuning (--eval.amp={cfg['eval']['amp']})", flush=True)
     model = build_model(cfg, num_classes, ctx.device)
     for path, checkpoint in zip(cfg["eval"]["checkpoint"], checkpoints):
         try:
@@ -159,7 +173,7 @@ def _sweep(cfg, ctx: Context, checkpoints, points, labels, momentum, num_classes
     val, calib = _loaders(cfg, ctx.device, indices)
     settings = SweepSettings(
         bnt_batches=cfg["bnt"]["batches"], bnt_momentum=momentum, bnt_seed=cfg["bnt"]["seed"],
-        amp_dtype=torch.bfloat16 if ctx.device.type == "cuda" else None, progress=ctx.is_main,
+        amp_dtype=amp_dtype, progress=ctx.is_main,
         save_pruned_dir=os.path.join(cfg["out"]["dir"], "pruned") if cfg["out"]["save_pruned"] else None)
     items = work_items(len(checkpoints), points)
 

@@ -2,8 +2,8 @@
 
 A run folder of our trainer holds `config.json` (every key of the run) beside `final_weights.pt`,
 and `checkpoint_last.pt` / `checkpoint_epoch<N>.pt` carry the same configuration inside. From it
-come the architecture, the class count, BlurPool, the data style and the evaluation resolution,
-each unless the user gave it. Without them a CIFAR model would be evaluated ImageNet-style:
+come the architecture, the class count, BlurPool, the data style, the evaluation resolution and
+the CIFAR input scale, each unless the user gave it. Without them a CIFAR model would be evaluated ImageNet-style:
 32 px images centre-cropped and resized to 224 px (about 50x the compute, other accuracies).
 """
 from __future__ import annotations
@@ -17,7 +17,10 @@ from .checkpoints import CheckpointError, load_checkpoint
 
 CONFIG = "config.json"
 LAST = "checkpoint_last.pt"
-KEYS = ("model.arch", "model.num_classes", "model.blurpool", "data.style", "data.resolution")
+KEYS = ("model.arch", "model.num_classes", "model.blurpool", "data.style", "data.resolution",
+        "data.cifar_inputs")
+# a CIFAR run saved before data.cifar_inputs existed was normalised with CIFAR-10's true std
+UNRECORDED_CIFAR_INPUTS = "cifar10_std"
 
 
 def _is_training_config(config) -> bool:
@@ -49,6 +52,8 @@ def settings_of(config: dict) -> dict:
         found.update({"data.style": "imagenet", "data.resolution": int(resolution["val_res"])})
     else:
         found["data.style"] = "cifar"
+        found["data.cifar_inputs"] = config.get("data", {}).get("cifar_inputs",
+                                                                UNRECORDED_CIFAR_INPUTS)
     return found
 
 

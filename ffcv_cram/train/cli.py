@@ -14,6 +14,8 @@ from ..atomic import WriteError
 from ..choices import AMP_MODES, COMPILE_MODES, LR_SCHEDULES, METHODS
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ..data.decode_choice import DECODES, JPEG_DECODERS, decode_problem, jpeg_decoder_problem
+from ..data.normalisation import CIFAR_INPUTS
+from .global_batch import LR_SCALINGS, effective_lr
 
 
 def declare(defaults: dict) -> None:
@@ -34,6 +36,10 @@ def declare(defaults: dict) -> None:
                            "nvimgcodec | cpu", default="auto"),
         gpu_prefetch=Param(IntRange(1), "with decode=gpu: batches prepared ahead of training",
                            default=2),
+        cifar_inputs=Param(OneOf(CIFAR_INPUTS), "cifar style: reference (the CrAM reference's "
+                           "std 0.2023,0.1994,0.2010, translate padded with black) | cifar10_std "
+                           "(CIFAR-10's std 0.2470,0.2435,0.2616, padded with the mean: runs of "
+                           "ffcv-cram before 0.2023 became the default)", default="reference"),
     )
     Section("model", "architecture").params(
         arch=Param(str, "resnet20, resnet18_cifar, vgg16_cifar or any torchvision model",
@@ -44,8 +50,12 @@ def declare(defaults: dict) -> None:
     Section("training", "optimisation").params(
         optimizer=Param(OneOf(METHODS), "sgd | sam | cram | cram_nm", default=d("training.optimizer", "cram")),
         epochs=Param(IntRange(1), "epochs", default=d("training.epochs")),
-        batch_size=Param(IntRange(1), "batch size per process (global = this x processes)",
-                         default=d("training.batch_size")),
+        global_batch_size=Param(IntRange(1), "global batch, over all processes (each process "
+                                "trains this / processes samples per step)",
+                                default=d("training.global_batch_size")),
+        max_batch_per_process=Param(IntRange(0), "refuse a larger per-process batch (no gradient "
+                                    "accumulation; 0: no limit)",
+                                    default=d("training.max_batch_per_process", 0)),
         momentum=Param(float, "SGD momentum", default=0.9),
         nesterov=Param(Flag(), "Nesterov momentum", default=False),
         weight_decay=Param(float, "weight decay", default=d("training.weight_decay")),
@@ -76,7 +86,9 @@ def declare(defaults: dict) -> None:
         patterns=Param(StrList(), "N:M patterns drawn per step (cram_nm)", default="2:4,4:8"),
         plus_version=Param(Flag(), "add the clean gradient (CrAM+)", default=True),
         sparse_grad=Param(Flag(), "mask the compressed gradient", default=True),
-        scope=Param(OneOf(["global", "uniform"]), "magnitude threshold scope", default="global"),
+        scope=Param(OneOf(["global", "uniform"]), "global: one threshold over every Conv/Linear "
+                    "weight | uniform: each to the sparsity, but the first conv and the last Linear "
+                    "(the reference's unif_prune)", default="global"),
         grad_norm=Param(Flag(), "normalise the ascent step by the gradient norm", default=False),
         seed=Param(int, "seed of the per-step sparsity draws", default=0),
         interval=Param(IntRange(1), "full CrAM step every k-th step, one pass on the others",
@@ -89,7 +101,11 @@ def declare(defaults: dict) -> None:
     )
     Section("lr", "learning-rate schedule").params(
         schedule=Param(OneOf(LR_SCHEDULES), "cosine | step | cyclic", default=d("lr.schedule", "cosine")),
-        lr=Param(float, "peak learning rate", default=d("lr.lr")),
+        lr=Param(float, "peak learning rate for a global batch of lr.batch_size", default=d("lr.lr")),
+        batch_size=Param(IntRange(0), "the global batch lr.lr belongs to (0: "
+                         "training.global_batch_size)", default=d("lr.batch_size", 0)),
+        scaling=Param(OneOf(LR_SCALINGS), "how lr.lr follows a global batch other than "
+                      "lr.batch_size: linear | sqrt | none (unset: refused)", default=""),
         warmup_epochs=Param(float, "cosine: linear warm-up epochs", default=d("lr.warmup_epochs", 0)),
         end_epoch=Param(float, "cosine: epoch where it reaches 0 (0: the last)", default=0),
         step_milestones=Param(FloatList(allow_empty=True), "step: epochs where lr *= gamma", default=""),
@@ -117,6 +133,8 @@ def declare(defaults: dict) -> None:
         wandb_project=Param(str, "log to this wandb project ('' for none)", default=""),
         wandb_mode=Param(OneOf(["online", "offline", "disabled"]), "wandb mode", default="offline"),
         wandb_name=Param(str, "wandb run name", default=""),
+        steps=Param(Flag(), "also write steps.jsonl: each step's samples, lr, sparsity draw and "
+                    "loss over all processes", default=False),
     )
     Section("checkpoint", "checkpoints").params(
         every=Param(IntRange(0), "also keep checkpoint_epoch<N>.pt every N epochs (0: only the last)",
@@ -161,6 +179,8 @@ def check(cfg: dict, style: str) -> None:
         raise UsageError(f"--training.cuda_graph=1: {problem}")
     if lr["lr"] <= 0:
         raise UsageError(f"--lr.lr={lr['lr']}: must be > 0")
+    effective_lr(t["global_batch_size"], lr["lr"], lr["batch_size"], lr["scaling"])  # the rest of
+    # the batch plan needs the number of processes: checked when they have met (`loop.run`)
     if lr["schedule"] == "cosine" and lr["warmup_epochs"] >= (lr["end_epoch"] or t["epochs"]):
         raise UsageError("--lr.warmup_epochs must be smaller than the cosine's end epoch")
     if style == "imagenet":
@@ -168,6 +188,9 @@ def check(cfg: dict, style: str) -> None:
             raise UsageError("--resolution.min_res, max_res and val_res must be set (e.g. 160, 192, 256)")
         if r["min_res"] > r["max_res"] or r["start_ramp"] > r["end_ramp"]:
             raise UsageError("--resolution: need min_res <= max_res and start_ramp <= end_ramp")
+        if cfg["data"]["cifar_inputs"] != "reference":
+            raise UsageError(f"--data.cifar_inputs={cfg['data']['cifar_inputs']}: only for the "
+                             "cifar style")
     elif any(r.values()):
         raise UsageError("--resolution.*: the cifar style trains at the stored resolution; "
                          "leave these unset")

@@ -26,12 +26,16 @@ from ..models.compiled import compile_model, compile_problem
 from ..runtime.dist import Context, all_gather_str, all_sum, broadcast_buffers, setup, teardown
 from ..runtime.evaluate import evaluate
 from ..safe_load import UnsafeFile
+from ..sparsity.masks import prunable_weights
+from ..sparsity.prune import uniform_targets
 from . import checkpoint as ckpt
 from .compile_clock import CompileClock
 from .epoch_so_far import EpochSoFar
 from .epoch_totals import EpochTotals
+from .global_batch import describe, plan_from_config, saved_plan
 from .logger import RunLogger
 from .schedule import lr_at, resolution_at
+from .step_log import StepLog
 from .step import TrainStep, make_optimizer, parameter_groups
 
 # sections that may change between a run and its resumption without changing its result
@@ -39,20 +43,30 @@ RESUMABLE_CHANGES = ("logging", "checkpoint", "validation")
 RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "data.jpeg_decoder",
                   "data.gpu_prefetch", "training.device",
                   "training.dist_timeout", "training.compile", "training.compile_mode")
-# keys added after runs were saved without them: a saved run had the value it now defaults to
+# keys added after runs were saved without them: the value a saved run had (the default, except
+# for CIFAR inputs, which followed CIFAR-10's true std before the reference's became the default)
 ADDED_KEYS = {"cram.interval": 1, "cram.reuse": False, "cram.second_pass_fraction": 1.0,
-              "training.cuda_graph": False}
+              "training.cuda_graph": False, "data.cifar_inputs": "cifar10_std"}
+# compared through what they amount to, the batch plan's global batch and effective lr (a run
+# saved before the global batch existed holds training.batch_size per process instead)
+PLANNED_KEYS = ("training.batch_size", "training.global_batch_size",
+                "training.max_batch_per_process", "lr.lr", "lr.batch_size", "lr.scaling",
+                "batch_plan.world_size", "batch_plan.batch_size_per_process")
 
 
 def _flat(cfg: dict) -> dict:
     return {f"{s}.{k}": v for s, keys in cfg.items() for k, v in keys.items()}
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
+def config_differences(saved: dict, current: dict, world_size: int = 1) -> list[str]:
+    """Settings in which the `current` configuration (with its batch plan) differs from a `saved`
+    one, resumed by `world_size` processes."""
     b = _flat(current)
+    saved = {**saved, "batch_plan": saved_plan(saved, world_size)}
     a = {**{k: v for k, v in ADDED_KEYS.items() if k in b}, **_flat(saved)}
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
-                  and k.split(".")[0] not in RESUMABLE_CHANGES and k not in RESUMABLE_KEYS)
+                  and k.split(".")[0] not in RESUMABLE_CHANGES and k not in RESUMABLE_KEYS
+                  and k not in PLANNED_KEYS)
 
 
 def _resolutions(cfg: dict, style: str, epoch: int) -> int:
@@ -64,7 +78,7 @@ def _resolutions(cfg: dict, style: str, epoch: int) -> int:
 
 def _lr(cfg: dict, epoch: float) -> float:
     lr, t = cfg["lr"], cfg["training"]
-    return lr_at(epoch, schedule=lr["schedule"], lr=lr["lr"], epochs=t["epochs"],
+    return lr_at(epoch, schedule=lr["schedule"], lr=cfg["batch_plan"]["lr"], epochs=t["epochs"],
                  warmup_epochs=lr["warmup_epochs"], end_epoch=lr["end_epoch"] or None,
                  milestones=lr["step_milestones"], gamma=lr["step_gamma"],
                  peak_epoch=lr["peak_epoch"], per_iteration=lr["per_iteration"])
@@ -77,9 +91,11 @@ def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
     common = dict(style=style, num_workers=loader_threads(d["num_workers"]), device=ctx.device,
                   distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size,
                   in_memory=d["in_memory"], channels_last=t["channels_last"], decode=d["decode"],
-                  jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2))
+                  jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2),
+                  cifar_inputs=d["cifar_inputs"])
     try:
-        train = ImageLoader(d["train_dataset"], train=True, batch_size=t["batch_size"],
+        per_process = cfg["batch_plan"]["batch_size_per_process"]
+        train = ImageLoader(d["train_dataset"], train=True, batch_size=per_process,
                             resolution=_resolutions(cfg, style, start_epoch) or 224,
                             seed=t["seed"], order=d["order"], **common)
         val = None
@@ -93,7 +109,7 @@ def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
         print(thread_summary(d["num_workers"]), flush=True)
     if len(train) == 0:
         raise UsageError(f"{d['train_dataset']}: fewer samples per process than one batch of "
-                         f"{t['batch_size']}; lower --training.batch_size")
+                         f"{per_process}; lower --training.global_batch_size (with --lr.scaling)")
     return train, val
 
 
@@ -104,13 +120,22 @@ def _build(cfg: dict, ctx: Context, num_classes: int):
         model = model.to(memory_format=torch.channels_last)
     groups = parameter_groups(model, t["weight_decay"], t["decay_bn_and_bias"])
     optimizer = make_optimizer(
-        t["optimizer"], groups, lr=cfg["lr"]["lr"], momentum=t["momentum"],
+        t["optimizer"], groups, lr=cfg["batch_plan"]["lr"], momentum=t["momentum"],
         weight_decay=t["weight_decay"], nesterov=t["nesterov"], rho=c["rho"],
         sparsities=c["sparsities"], patterns=c["patterns"], plus_version=c["plus_version"],
         sparse_grad=c["sparse_grad"], scope=c["scope"], grad_norm=c["grad_norm"], seed=c["seed"],
         interval=c["interval"], reuse=c["reuse"], second_pass_fraction=c["second_pass_fraction"],
-        cuda_graph=t.get("cuda_graph", False))
+        cuda_graph=t.get("cuda_graph", False), dense=_uniform_dense(model, c["scope"]))
     return model, optimizer
+
+
+def _uniform_dense(model, scope: str):
+    """scope uniform leaves the first conv and the last Linear dense, chosen by module type as
+    one-shot uniform pruning does (and as the reference's unif_prune by position)."""
+    if scope != "uniform":
+        return None
+    pruned = {id(p) for _, p in uniform_targets(model)}
+    return [p for _, _, p in prunable_weights(model) if id(p) not in pruned]
 
 
 def _compiled(cfg: dict, style: str, model, ctx: Context):
@@ -146,7 +171,7 @@ def _decode_record(before: list[float], loader, ctx: Context, prefix: str = "") 
 
 
 def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution, so_far: EpochSoFar,
-                 save_mid_epoch, clock: CompileClock | None = None):
+                 save_mid_epoch, step_log: StepLog, clock: CompileClock | None = None):
     """One epoch, from its batch `so_far.batch` on (the loader set to skip the batches before).
     Nothing per step waits for the device (see `epoch_totals`): the totals are read once at the
     end and at each mid-epoch checkpoint, and the progress bar shows the loss of an already
@@ -159,6 +184,7 @@ def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution, so_far: Epoc
     start = time.perf_counter()
 
     def until_now(batch: int) -> EpochSoFar:  # a collective: every rank calls it at the same batch
+        step_log.flush()
         sums = all_sum([*totals.result(), float(skipped), *(
             a - b for a, b in zip(_decode_counts(loader), decode_before))], ctx)
         return so_far.extended(batch, sums, draws, time.perf_counter() - start)
@@ -171,8 +197,10 @@ def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution, so_far: Epoc
         totals.add(out.loss, out.correct, len(y))
         skipped += out.skipped
         compressed = getattr(step.optimizer, "last_step_compressed", True)  # not a one-pass step
-        if not out.skipped and compressed and (name := _draw(step.optimizer)) is not None:
+        name = _draw(step.optimizer) if not out.skipped and compressed else None
+        if name is not None:
             draws[name] += 1
+        step_log.add(epoch, i, out.loss, len(y), lr, name)
         bar.update(1)
         if logger.is_main and (i % 20 == 0 or i == iters - 1):
             totals.loss.post(out.loss)
@@ -188,7 +216,7 @@ def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution, so_far: Epoc
     return until_now(iters).record(lr)
 
 
-def _resume_state(cfg: dict, folder: str):
+def _resume_state(cfg: dict, folder: str, world_size: int):
     path = os.path.join(folder, ckpt.LAST)
     if not os.path.exists(path):
         return None
@@ -201,7 +229,7 @@ def _resume_state(cfg: dict, folder: str):
         raise UsageError(err.explain("--checkpoint.trust=1")) from None
     except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise UsageError(f"{path}: cannot be read ({err}); delete it to start over") from None
-    differences = config_differences(state["config"], cfg)
+    differences = config_differences(state["config"], cfg, world_size)
     if differences:
         raise UsageError(f"{folder} holds a run with a different configuration ({', '.join(differences)}); "
                          "use another --logging.folder or the same settings")
@@ -216,6 +244,7 @@ def run(cfg: dict, style: str) -> dict:
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:
+        cfg = {**cfg, "batch_plan": plan_from_config(cfg, ctx.world_size).to_dict()}
         return _run(cfg, style, ctx)
     finally:
         teardown()
@@ -230,7 +259,7 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
     else:
         torch.backends.cudnn.benchmark = True
     num_classes = config_num_classes(cfg["model"]["num_classes"], cfg["data"]["train_dataset"])
-    state = _resume_state(cfg, folder)
+    state = _resume_state(cfg, folder, ctx.world_size)
     if ctx.is_main:  # a run killed while writing a checkpoint left its temporary file
         remove_stale_temporaries(folder)
     start_epoch = state["epoch"] if state else 0
@@ -258,9 +287,13 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
     if state and ctx.is_main and start_epoch < t["epochs"]:
         print(f"resuming from {ckpt.LAST}: epoch {start_epoch}, batch {resumed.batch} of {iters}",
               flush=True)
+    if ctx.is_main:
+        print(describe(cfg["batch_plan"], cfg), flush=True)
     logger = RunLogger(folder, cfg, ctx.is_main, cfg["logging"]["wandb_project"] or None,
                        cfg["logging"]["wandb_mode"], cfg["logging"]["wandb_name"] or None)
     logger.keep_epochs_before(start_epoch)
+    step_log = StepLog(folder, cfg["logging"]["steps"], ctx)
+    step_log.keep_before(start_epoch, resumed.batch)
     amp_dtype = step.amp_dtype
     epochs, every = t["epochs"], cfg["validation"]["every"]
     record: dict = {}
@@ -279,9 +312,9 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
             train_loader.set_resolution(resolution)
         train_loader.set_epoch(epoch, so_far.batch)
         step.model.train()
-        record = {"epoch": epoch, "resolution": resolution or None,
+        record = {"epoch": epoch, "resolution": resolution or None, **_plan_record(cfg),
                   **_train_epoch(cfg, epoch, step, train_loader, logger, ctx, resolution, so_far,
-                                 save_mid_epoch, clock)}
+                                 save_mid_epoch, step_log, clock)}
         if clock is not None:
             record.update(clock.report())
         last = epoch == epochs - 1
@@ -310,6 +343,12 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
         logger.summary(record)
     logger.finish()
     return record
+
+
+def _plan_record(cfg: dict) -> dict:
+    plan = cfg["batch_plan"]
+    return {"world_size": plan["world_size"], "batch_size_per_process": plan["batch_size_per_process"],
+            "global_batch_size": plan["global_batch_size"], "peak_lr": plan["lr"]}
 
 
 def _resume_point(state: dict | None, ctx: Context, path: str) -> EpochSoFar:

@@ -153,13 +153,14 @@ def make_optimizer(method: str, params, *, lr: float, momentum: float, weight_de
                    patterns=((2, 4), (4, 8)), plus_version: bool = True, sparse_grad: bool = True,
                    scope: str = "global", grad_norm: bool = False, seed: int = 0,
                    interval: int = 1, reuse: bool = False, second_pass_fraction: float = 1.0,
-                   cuda_graph: bool = False):
+                   cuda_graph: bool = False, dense=None):
     """The base SGD (momentum, weight decay), wrapped per `method`. On CUDA the SGD update is
     torch's fused kernel: one launch instead of several foreach ones (on an H200, ResNet-50's
     foreach update took 2.2 ms, 27 % of the fused CrAM step's optimizer side).
     `interval`, `reuse`, `second_pass_fraction`: CrAM's cost options (cram and cram_nm only).
     `cuda_graph`: capture CrAM's optimizer side in CUDA graphs (cram and cram_nm only; see
-    `optim.graphs`)."""
+    `optim.graphs`). `dense`: the tensors cram's scope='uniform' leaves dense (None: TopkCrAM's
+    default)."""
     params = list(params)
     cheaper = dict(interval=interval, reuse=reuse, second_pass_fraction=second_pass_fraction)
     if method in ("sgd", "sam") and (interval != 1 or reuse or second_pass_fraction != 1):
@@ -177,7 +178,8 @@ def make_optimizer(method: str, params, *, lr: float, momentum: float, weight_de
     common = dict(rho=rho, grad_norm=grad_norm, plus_version=plus_version,
                   sparse_grad=sparse_grad, seed=seed, cuda_graph=cuda_graph, **cheaper)
     if method == "cram":
-        return TopkCrAM(params, torch.optim.SGD, sparsities=sparsities, scope=scope, **common, **sgd)
+        return TopkCrAM(params, torch.optim.SGD, sparsities=sparsities, scope=scope, dense=dense,
+                        **common, **sgd)
     if method == "cram_nm":
         return NMTopkCrAM(params, torch.optim.SGD, patterns=patterns, **common, **sgd)
     raise ValueError(f"method={method!r}: must be one of {', '.join(METHODS)}")
