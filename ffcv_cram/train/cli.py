@@ -89,6 +89,10 @@ def declare(defaults: dict) -> None:
         second_pass_fraction=Param(float, "second pass on the first ceil(f * B) samples of each "
                                    "process's batch, f in (0, 1]",
                                    default=d("cram.second_pass_fraction", 1.0)),
+        start_epoch=Param(float, "CrAM from this epoch on (fractions allowed); the steps before "
+                          "it are plain base-optimizer (SGD) steps", default=d("cram.start_epoch", 0.0)),
+        ramp=Param(Flag(), "raise the full-step rate linearly from 1/interval at start_epoch to "
+                   "1 at the last step (needs interval >= 2)", default=d("cram.ramp", False)),
     )
     Section("lr", "learning-rate schedule").params(
         schedule=Param(OneOf(LR_SCHEDULES), "cosine | step | cyclic", default=d("lr.schedule", "cosine")),
@@ -158,7 +162,7 @@ def check(cfg: dict, style: str) -> None:
         raise UsageError(f"--training.compile_mode={t['compile_mode']}: needs --training.compile=1")
     if c["rho"] < 0:
         raise UsageError(f"--cram.rho={c['rho']}: must be >= 0")
-    _check_cost_options(c, t["optimizer"])
+    _check_cost_options(c, t["optimizer"], t["epochs"])
     problem = _cuda_graph_problem(t, c)
     if problem:
         raise UsageError(f"--training.cuda_graph=1: {problem}")
@@ -176,15 +180,22 @@ def check(cfg: dict, style: str) -> None:
                          "leave these unset")
 
 
-def _check_cost_options(c: dict, optimizer: str) -> None:
+def _check_cost_options(c: dict, optimizer: str, epochs: int) -> None:
     fraction = c["second_pass_fraction"]
+    if not 0 <= c["start_epoch"] < epochs:
+        raise UsageError(f"--cram.start_epoch={c['start_epoch']:g}: must be in [0, "
+                         f"--training.epochs={epochs})")
+    if c["ramp"] and c["interval"] < 2:
+        raise UsageError("--cram.ramp=1 needs --cram.interval >= 2 (the ramp starts at one full "
+                         "step in `interval`; with interval 1 every step is full already)")
     if not 0 < fraction <= 1:
         raise UsageError(f"--cram.second_pass_fraction={fraction:g}: must be in (0, 1]")
     if c["reuse"] and c["interval"] < 2:
         raise UsageError("--cram.reuse=1 needs --cram.interval >= 2 (with interval 1 every step "
                          "is a full CrAM step: nothing to reuse)")
     changed = [f"--cram.{k}" for k, default in (("interval", 1), ("reuse", False),
-                                                  ("second_pass_fraction", 1.0))
+                                                  ("second_pass_fraction", 1.0),
+                                                  ("start_epoch", 0.0), ("ramp", False))
                if c[k] != default]
     if changed and optimizer not in ("cram", "cram_nm"):
         raise UsageError(f"{', '.join(changed)}: only for --training.optimizer=cram or cram_nm "

@@ -8,6 +8,7 @@ folder's last checkpoint, mid-epoch too, and continues bit-identically.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import sys
@@ -41,7 +42,8 @@ RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "data.jpe
                   "training.dist_timeout", "training.compile", "training.compile_mode")
 # keys added after runs were saved without them: a saved run had the value it now defaults to
 ADDED_KEYS = {"cram.interval": 1, "cram.reuse": False, "cram.second_pass_fraction": 1.0,
-              "training.cuda_graph": False}
+              "training.cuda_graph": False, "cram.start_epoch": 0.0, "cram.ramp": False,
+              "data.resident": False}
 
 
 def _flat(cfg: dict) -> dict:
@@ -97,8 +99,17 @@ def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
     return train, val
 
 
-def _build(cfg: dict, ctx: Context, num_classes: int):
+def cram_schedule_steps(cram: dict, epochs: int, iters: int) -> tuple[int, int]:
+    """(start_step, ramp_steps) of the optimizer from --cram.start_epoch and --cram.ramp: CrAM
+    starts at the first step at or after start_epoch; the ramp runs from there to the end."""
+    start_step = math.floor(cram["start_epoch"] * iters)
+    return start_step, (epochs * iters - start_step) if cram["ramp"] else 0
+
+
+def _build(cfg: dict, ctx: Context, num_classes: int, iters: int):
     m, t, c = cfg["model"], cfg["training"], cfg["cram"]
+    start_step, ramp_steps = (cram_schedule_steps(c, t["epochs"], iters)
+                              if t["optimizer"] in ("cram", "cram_nm") else (0, 0))
     model = get_model(m["arch"], num_classes, blurpool=m["blurpool"]).to(ctx.device)
     if t["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -109,7 +120,7 @@ def _build(cfg: dict, ctx: Context, num_classes: int):
         sparsities=c["sparsities"], patterns=c["patterns"], plus_version=c["plus_version"],
         sparse_grad=c["sparse_grad"], scope=c["scope"], grad_norm=c["grad_norm"], seed=c["seed"],
         interval=c["interval"], reuse=c["reuse"], second_pass_fraction=c["second_pass_fraction"],
-        cuda_graph=t.get("cuda_graph", False))
+        cuda_graph=t.get("cuda_graph", False), start_step=start_step, ramp_steps=ramp_steps)
     return model, optimizer
 
 
@@ -235,7 +246,11 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
         remove_stale_temporaries(folder)
     start_epoch = state["epoch"] if state else 0
     resumed = _resume_point(state, ctx, os.path.join(folder, ckpt.LAST))
-    model, optimizer = _build(cfg, ctx, num_classes)
+    # the loaders first: CrAM's step schedule is set in steps, from the epoch's length
+    train_loader, val_loader = _loaders(cfg, style, ctx, start_epoch)
+    iters = len(train_loader)
+    torch.manual_seed(t["seed"])  # the initialisation does not depend on what loading drew
+    model, optimizer = _build(cfg, ctx, num_classes, iters)
     step = TrainStep(model, optimizer, t["optimizer"], t["amp"], t["label_smoothing"], ctx.device)
     if state:
         model.load_state_dict(state["model"])
@@ -249,8 +264,6 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
     if ctx.distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         step.model = DistributedDataParallel(step.model, device_ids=device_ids)
-    train_loader, val_loader = _loaders(cfg, style, ctx, start_epoch)
-    iters = len(train_loader)
     if resumed.batch >= iters:
         raise UsageError(f"{os.path.join(folder, ckpt.LAST)}: written at batch {resumed.batch} of "
                          f"an epoch, but an epoch of this training set has {iters} batches; resume "
