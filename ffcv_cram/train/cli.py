@@ -37,6 +37,11 @@ def declare(defaults: dict) -> None:
                            "nvimgcodec | cpu", default="auto"),
         gpu_prefetch=Param(IntRange(1), "with decode=gpu: batches prepared ahead of training",
                            default=2),
+        resident=Param(Flag(), "cifar style: decode the .beton files once into device memory and "
+                       "augment batches there (no loader threads; refused if they do not fit)",
+                       default=d("data.resident", False)),
+        resident_limit_mb=Param(float, "with resident: MiB the decoded data may take (0: 80 % of "
+                                "the device's available memory)", default=0.0),
     )
     Section("model", "architecture").params(
         arch=Param(str, "resnet20, resnet18_cifar, vgg16_cifar or any torchvision model",
@@ -155,6 +160,7 @@ def check(cfg: dict, style: str) -> None:
                or jpeg_decoder_problem(cfg["data"].get("jpeg_decoder", "auto")))
     if problem:
         raise UsageError(problem)
+    _check_resident(cfg["data"], style)
     if cfg["checkpoint"]["every_steps"] and cfg["data"]["order"] == "quasi_random":
         raise UsageError("--checkpoint.every_steps needs --data.order=random: FFCV's quasi_random "
                          "order cannot be replayed, so a resumed epoch would repeat and miss samples")
@@ -178,6 +184,19 @@ def check(cfg: dict, style: str) -> None:
     elif any(r.values()):
         raise UsageError("--resolution.*: the cifar style trains at the stored resolution; "
                          "leave these unset")
+
+
+def _check_resident(d: dict, style: str) -> None:
+    if d["resident_limit_mb"] < 0:
+        raise UsageError(f"--data.resident_limit_mb={d['resident_limit_mb']:g}: must be >= 0")
+    if not d["resident"]:
+        return
+    if style != "cifar":
+        raise UsageError("--data.resident=1: only for the cifar style (train_cifar.py), whose "
+                         "images are small and of one size; use --data.resident=0")
+    if d["order"] != "random":
+        raise UsageError(f"--data.resident=1 draws its own seeded random order; leave "
+                         f"--data.order at random (not {d['order']})")
 
 
 def _check_cost_options(c: dict, optimizer: str, epochs: int) -> None:

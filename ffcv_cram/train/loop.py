@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..atomic import remove_stale_temporaries, torch_save
 from ..config import UsageError, num_classes as config_num_classes
 from ..data.pipelines import ImageLoader, LoaderError
+from ..data.resident import ResidentLoader
 from ..data.threads import loader_threads, local_processes, thread_summary, usable_cores
 from ..models import get_model
 from ..models.compiled import compile_model, compile_problem
@@ -38,7 +39,7 @@ from .step import TrainStep, make_optimizer, parameter_groups
 # sections that may change between a run and its resumption without changing its result
 RESUMABLE_CHANGES = ("logging", "checkpoint", "validation")
 RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "data.jpeg_decoder",
-                  "data.gpu_prefetch", "training.device",
+                  "data.gpu_prefetch", "data.resident_limit_mb", "training.device",
                   "training.dist_timeout", "training.compile", "training.compile_mode")
 # keys added after runs were saved without them: a saved run had the value it now defaults to
 ADDED_KEYS = {"cram.interval": 1, "cram.reuse": False, "cram.second_pass_fraction": 1.0,
@@ -72,7 +73,41 @@ def _lr(cfg: dict, epoch: float) -> float:
                  peak_epoch=lr["peak_epoch"], per_iteration=lr["per_iteration"])
 
 
+AMP_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _resident_loaders(cfg: dict, ctx: Context):
+    """Both datasets decoded once into the training device's memory, batches in the AMP dtype."""
+    d, t = cfg["data"], cfg["training"]
+    limit = int(d["resident_limit_mb"] * 2**20) or None
+    common = dict(device=ctx.device, dtype=AMP_DTYPES[t["amp"]], rank=ctx.rank,
+                  world_size=ctx.world_size, channels_last=t["channels_last"],
+                  num_workers=d["num_workers"], memory_limit=limit)
+    train = ResidentLoader(d["train_dataset"], train=True, batch_size=t["batch_size"],
+                           seed=t["seed"], **common)
+    val = (ResidentLoader(d["val_dataset"], train=False,
+                          batch_size=cfg["validation"]["batch_size"], **common)
+           if d["val_dataset"] else None)
+    if ctx.is_main:
+        print(f"resident data on {ctx.device}: {len(train.labels):,} training images"
+              + (f", {len(val.labels):,} validation images" if val else ""), flush=True)
+    return train, val
+
+
 def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
+    d, t = cfg["data"], cfg["training"]
+    try:
+        train, val = (_resident_loaders(cfg, ctx) if d.get("resident")
+                      else _ffcv_loaders(cfg, style, ctx, start_epoch))
+    except LoaderError as err:
+        raise UsageError(str(err)) from None
+    if len(train) == 0:
+        raise UsageError(f"{d['train_dataset']}: fewer samples per process than one batch of "
+                         f"{t['batch_size']}; lower --training.batch_size")
+    return train, val
+
+
+def _ffcv_loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
     d, t, v = cfg["data"], cfg["training"], cfg["validation"]
     # the training and validation loaders take turns (an epoch ends before evaluation starts),
     # so each may use the process's whole share of the cores
@@ -80,22 +115,16 @@ def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
                   distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size,
                   in_memory=d["in_memory"], channels_last=t["channels_last"], decode=d["decode"],
                   jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2))
-    try:
-        train = ImageLoader(d["train_dataset"], train=True, batch_size=t["batch_size"],
-                            resolution=_resolutions(cfg, style, start_epoch) or 224,
-                            seed=t["seed"], order=d["order"], **common)
-        val = None
-        if d["val_dataset"]:
-            res = cfg["resolution"]["val_res"] if style == "imagenet" else 224
-            val = ImageLoader(d["val_dataset"], train=False, batch_size=v["batch_size"],
-                              resolution=res, **common)
-    except LoaderError as err:
-        raise UsageError(str(err)) from None
+    train = ImageLoader(d["train_dataset"], train=True, batch_size=t["batch_size"],
+                        resolution=_resolutions(cfg, style, start_epoch) or 224,
+                        seed=t["seed"], order=d["order"], **common)
+    val = None
+    if d["val_dataset"]:
+        res = cfg["resolution"]["val_res"] if style == "imagenet" else 224
+        val = ImageLoader(d["val_dataset"], train=False, batch_size=v["batch_size"],
+                          resolution=res, **common)
     if ctx.is_main:
         print(thread_summary(d["num_workers"]), flush=True)
-    if len(train) == 0:
-        raise UsageError(f"{d['train_dataset']}: fewer samples per process than one batch of "
-                         f"{t['batch_size']}; lower --training.batch_size")
     return train, val
 
 
