@@ -27,7 +27,8 @@ def summarise(runs: list[dict], names: list[str]) -> list[dict]:
         if not mine:
             continue
         seeds = [r["seed"] for r in mine]
-        ratios = [r["train_s"] / by[("sgd", s)]["train_s"] for s in seeds if ("sgd", s) in by]
+        ratios = [by[(name, s)]["train_s"] / by[("sgd", s)]["train_s"] for s in seeds
+                  if ("sgd", s) in by]
         row = {"setting": name, "seeds": seeds, "cost_ratio": mean_std(ratios) if ratios else None,
                "train_s": mean_std([r["train_s"] for r in mine]),
                "full_steps": mean_std([r["full_steps"] for r in mine]),

@@ -5,9 +5,19 @@ import numpy as np
 import pytest
 import torch
 
+from ffcv_cram.data.encoding import Encoding
 from ffcv_cram.data.pipelines import ImageLoader, LoaderError
 from ffcv_cram.data.resident import ResidentLoader, available_bytes, fit_problem
-from test_start_batch import N, batches, beton, same  # noqa: F401 (fixture)
+from ffcv_cram.data.writer import write_beton
+from test_start_batch import N, NoiseImages, batches, beton, same  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def jpeg_beton(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("resident") / "jpeg.beton")
+    write_beton(path, NoiseImages(), range(N), Encoding("jpg", None, 90, None, None, 0),
+                num_workers=1, progress=False)
+    return path
 
 
 def resident(beton, **kw):
@@ -28,6 +38,12 @@ def test_batches_equal_the_ffcv_paths_bit_for_bit(beton, train, batch_size, rank
         for x, y in got:
             assert x.dtype == torch.float32 and y.dtype == torch.int64 and y.shape == (len(x),)
             assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_jpeg_files_decode_once_like_the_ffcv_path(jpeg_beton):
+    ffcv = ImageLoader(jpeg_beton, train=True, batch_size=8, style="cifar", num_workers=1, seed=1)
+    ours = resident(jpeg_beton, train=True, batch_size=8, seed=1)
+    assert same(batches(ours, 0), batches(ffcv, 0))
 
 
 def test_every_sample_once_per_epoch_over_the_ranks(beton):

@@ -1,7 +1,7 @@
 """Device-resident small-image data (CIFAR-sized; anchor: airbench): the whole .beton decoded once.
 
-At construction FFCV reads and decodes the file once, sequentially, into one uint8 N x H x W x 3
-tensor on the training device (GPU memory, or RAM on the CPU), with the labels beside it. An epoch
+At construction the file is read once (raw pixels straight from the file, JPEGs decoded by one
+sequential FFCV pass) into one uint8 N x H x W x 3 tensor on the training device (GPU memory, or RAM on the CPU), with the labels beside it. An epoch
 is then only batched tensor ops on that device: gather the batch's images, normalise them with
 FFCV's own lookup table (float64 (v - mean) / std rounded to float32, so on the CPU a batch equals
 the FFCV path's bit for bit), cast to the requested (AMP) dtype, and, for training, flip and
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .augment import batch_generator, flip_translate
+from .encoded_bytes import RAW
 from .pipelines import CIFAR_MEAN, CIFAR_STD, LoaderError
 from .threads import loader_threads, torch_threads
 
@@ -60,34 +61,43 @@ def fit_problem(path: str, needed: int, device: torch.device, limit: int | None 
             "use the FFCV loader (--data.resident=0) or a device with more memory")
 
 
-def _stored_size(path: str) -> tuple[int, int, int]:
-    """(samples, height, width) from the file's metadata, without decoding anything."""
+def _stored(path: str):
+    """(image metadata, labels) of the file, read without decoding anything."""
     from ffcv.reader import Reader
     reader = Reader(path)
-    images = reader.metadata[f"f{list(reader.handlers).index('image')}"]
+    fields = list(reader.handlers)
+    images = reader.metadata[f"f{fields.index('image')}"]
+    labels = np.array(reader.metadata[f"f{fields.index('label')}"], dtype=np.int64)  # a copy
     heights, widths = np.unique(images["height"]), np.unique(images["width"])
     if len(heights) > 1 or len(widths) > 1:
         raise LoaderError(f"{path}: images differ in size; resident data needs one size "
                           "(CIFAR-style); use the FFCV loader (--data.resident=0)")
-    return len(images), int(heights[0]), int(widths[0])
+    return images, labels
 
 
-def _decode_all(path: str, samples: int, height: int, width: int, num_workers: int):
-    """Every image (uint8 N x H x W x 3) and label (int64) of the file, in stored order."""
+def _decode_all(path: str, images, num_workers: int) -> np.ndarray:
+    """Every image of the file (uint8 N x H x W x 3), in stored order. Raw images are copied
+    straight out of the file; a file with JPEGs goes through one sequential FFCV pass."""
+    height, width = int(images["height"][0]), int(images["width"][0])
+    out = np.empty((len(images), height, width, 3), np.uint8)
+    if (images["mode"] == RAW).all():
+        stored = np.memmap(path, np.uint8, mode="r")
+        size = height * width * 3
+        for i, ptr in enumerate(images["data_ptr"].tolist()):
+            out[i] = stored[ptr:ptr + size].reshape(height, width, 3)
+        return out
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
-    images = np.empty((samples, height, width, 3), np.uint8)
-    labels = np.empty(samples, np.int64)
-    loader = Loader(path, batch_size=min(samples, 1000), num_workers=num_workers,
+    loader = Loader(path, batch_size=min(len(out), 1000), num_workers=num_workers,
                     order=OrderOption.SEQUENTIAL, drop_last=False, os_cache=True,
                     pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
     done = 0
-    for batch_images, batch_labels in loader:  # FFCV reuses its buffers: copy each batch out
-        images[done:done + len(batch_images)] = batch_images
-        labels[done:done + len(batch_images)] = batch_labels.reshape(-1)
-        done += len(batch_images)
-    return images, labels
+    for batch, _ in loader:  # FFCV reuses its buffers: copy each batch out
+        out[done:done + len(batch)] = batch
+        done += len(batch)
+    torch.set_num_threads(torch_threads())  # FFCV set it to its worker count
+    return out
 
 
 def normalisation_table(mean=CIFAR_MEAN, std=CIFAR_STD) -> torch.Tensor:
@@ -116,13 +126,12 @@ class ResidentLoader:
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        samples, height, width = _stored_size(path)
-        needed = samples * (height * width * 3 + 8)  # images and int64 labels
-        problem = fit_problem(path, needed, self.device, memory_limit)
+        stored, labels = _stored(path)
+        needed = len(stored) * (int(stored["height"][0]) * int(stored["width"][0]) * 3 + 8)
+        problem = fit_problem(path, needed, self.device, memory_limit)  # images and labels
         if problem:
             raise LoaderError(problem)
-        images, labels = _decode_all(path, samples, height, width, loader_threads(num_workers))
-        torch.set_num_threads(torch_threads())  # FFCV set it to its worker count
+        images = _decode_all(path, stored, loader_threads(num_workers))
         self.images = torch.from_numpy(images).to(self.device)
         self.labels = torch.from_numpy(labels).to(self.device)
         self.table = normalisation_table().to(self.device)
