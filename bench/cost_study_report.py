@@ -47,11 +47,11 @@ def summarise(runs: list[dict], names: list[str]) -> list[dict]:
 
 def decision(rows: list[dict]) -> dict:
     """Which cheaper settings cost <= 1.5x SGD and keep >= 90 % of CrAM+'s gain at 90 % + BNT."""
-    full = next((r for r in rows if r["setting"] == "cram+"), None)
+    setting = {r["setting"]: r for r in rows}
     gain = None
-    if full and full["gain_kept_at_90"] is not None:
-        sgd = next(r for r in rows if r["setting"] == "sgd")
-        gain = full["bnt_top1"][TARGET["at"]][0] - sgd["bnt_top1"][TARGET["at"]][0]
+    if "sgd" in setting and "cram+" in setting:
+        gain = (setting["cram+"]["bnt_top1"][TARGET["at"]][0]
+                - setting["sgd"]["bnt_top1"][TARGET["at"]][0])
     meets = [r["setting"] for r in rows if r["setting"] not in ("sgd", "cram+")
              and r["cost_ratio"] is not None and r["gain_kept_at_90"] is not None
              and r["cost_ratio"][0] <= TARGET["cost_ratio"]

@@ -53,13 +53,16 @@ SMOKE = dict(holdout=10, subset=0, calibration=40, epochs=1, batch_size=32, bnt_
 SMOKE_ARCHIVE = dict(SMOKE, holdout=20, subset=400, calibration=100)
 
 
+CHILD_ENV = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+
+
 def run(argv: list[str], log: Path) -> None:
     """Run a tool of this repository; a user mistake it reports (exit 2) is passed on as is."""
     with open(log, "a") as out:
         out.write("$ " + " ".join(argv) + "\n")
         out.flush()
         proc = subprocess.run(argv, cwd=REPOSITORY, stdout=out, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")})
+                              env=CHILD_ENV)
         out.write(proc.stderr)
     if proc.returncode == 2:
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -84,8 +87,6 @@ def extract(archive: Path, work: Path) -> Path:
     """The archive's class tree, extracted once into <work>/extracted (atomically: a rename)."""
     target = work / "extracted"
     if not target.is_dir():
-        if not archive.is_file():
-            fail(f"{archive}: no such file; pass the CIFAR-10 JPEG archive (.tar.gz) to --archive")
         tmp = work / ".extracted.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -93,8 +94,9 @@ def extract(archive: Path, work: Path) -> Path:
                 tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         except (tarfile.TarError, OSError, EOFError) as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            fail(f"{archive}: cannot be read as a .tar.gz archive ({err}); pass the CIFAR-10 JPEG "
-                 "archive, or an extracted tree with --data-dir")
+            reason = (str(err).splitlines() or [type(err).__name__])[0]  # tarfile's can be several
+            fail(f"{archive}: cannot be read as a .tar.gz archive ({reason}); pass the CIFAR-10 "
+                 "JPEG archive, or an extracted tree with --data-dir")
         tmp.rename(target)
     tree = class_tree(target)
     if tree is None:
@@ -106,8 +108,6 @@ def extract(archive: Path, work: Path) -> Path:
 def source(args, work: Path, size: dict, log: Path) -> Path:
     if args.data_dir:
         tree = Path(args.data_dir).resolve()
-        if not tree.is_dir():
-            fail(f"{args.data_dir}: no such directory; pass the folder holding the class folders")
         return class_tree(tree) or tree  # write_datasets.py explains what is wrong with it
     if args.archive:
         return extract(Path(args.archive).resolve(), work)
@@ -239,6 +239,10 @@ def check(args) -> tuple[list[str], list[int], dict]:
     size = dict(SMOKE_ARCHIVE if args.archive or args.data_dir else SMOKE) if args.smoke else dict(FULL)
     if not args.smoke and not (args.archive or args.data_dir):
         fail("--archive or --data-dir is required (or --smoke for a CPU check on generated data)")
+    if args.archive and not Path(args.archive).is_file():
+        fail(f"{args.archive}: no such file; pass the CIFAR-10 JPEG archive (.tar.gz) to --archive")
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        fail(f"{args.data_dir}: no such directory; pass the folder holding the class folders")
     try:
         seeds = [int(s) for s in (args.seeds or size["seeds"]).split(",")]
     except ValueError:
@@ -256,6 +260,8 @@ def main(argv=None) -> int:
     import torch
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     jobs = args.jobs or (3 if device == "cuda" else 1)
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # the cores shared by the jobs
+        CHILD_ENV["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out).resolve() if args.out else (work if args.smoke else REPOSITORY / "bench" / "results")
