@@ -29,9 +29,9 @@ def test_smoke_study_writes_json_table_and_plot(tmp_path):
     assert [row["setting"] for row in result["summary"]] == names
     # generated data: 4 classes x 50, the last 10 of each held out -> 160 images, 5 steps of 32
     steps = 5
-    expected_full = {"sgd": 0, "cram+": 5, "interval 2 + reuse": 3, "fraction 0.5": 5,
+    expected_full = {"sgd": 0, "cram+": 5, "interval 4": 2, "fraction 0.25": 5,
                      "last half": 3,  # steps 2, 3, 4 (start_epoch 0.5 -> step 2)
-                     "ramp from 1/4": sum(is_full_step(t, 4, 0, steps) for t in range(steps))}
+                     "late ramp": sum(is_full_step(t, 4, 1, 4) for t in range(steps))}
     for run in result["runs"]:
         assert run["full_steps"] == expected_full[run["setting"]], run
         assert set(run["bnt_top1"]) == {"0.8", "0.9", "0.95", "2:4"} and run["train_s"] > 0
