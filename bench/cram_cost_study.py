@@ -30,10 +30,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import REPOSITORY, environment
-from cost_study_report import decision, plot, summarise, table_markdown
-
-sys.path.insert(0, str(REPOSITORY))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's ffcv_cram
+from common import REPOSITORY, environment  # noqa: E402
+from cost_study_report import decision, plot, summarise, table_markdown  # noqa: E402
 from ffcv_cram.atomic import write_text  # noqa: E402
 from ffcv_cram.config import fail  # noqa: E402
 
