@@ -91,3 +91,26 @@ def test_unreadable_archive_is_one_line_and_leaves_no_extraction(tmp_path):
     assert proc.stderr.startswith(f"error: {archive}: cannot be read as a .tar.gz archive")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == []
+
+
+def test_summary_cost_gain_and_decision():
+    from cost_study_report import decision, summarise, table_markdown
+
+    def run(name, seed, train_s, at_90):
+        return {"setting": name, "seed": seed, "train_s": train_s, "full_steps": 1,
+                "dense_top1": 90.0, "bnt_top1": {"0.8": 80.0, "0.9": at_90, "0.95": 50.0,
+                                                 "2:4": 85.0}}
+    runs = [run("sgd", 0, 10, 30), run("sgd", 1, 12, 32), run("cram+", 0, 20, 60),
+            run("cram+", 1, 24, 62), run("late", 0, 14, 57), run("late", 1, 18, 59),
+            run("cheap", 0, 11, 40), run("cheap", 1, 12, 42)]
+    rows = summarise(runs, ["sgd", "cram+", "late", "cheap"])
+    late = rows[2]
+    assert late["cost_ratio"][0] == pytest.approx(1.45)  # per seed: 14 / 10 and 18 / 12
+    assert late["cost_ratio"][1] == pytest.approx(0.0707107, rel=1e-5)
+    assert late["gain_kept_at_90"] == pytest.approx(27 / 30)  # (58 - 31) / (61 - 31)
+    assert rows[3]["gain_kept_at_90"] == pytest.approx(10 / 30)
+    verdict = decision(rows)
+    assert verdict["meets_target"] == ["late"] and verdict["answer"] == "yes: late"
+    assert verdict["cram_plus_gain_at_90"] == pytest.approx(30)
+    assert "| late | 2 | 1.45 ± 0.07 | 90.0 ± 0.0 | 80.0 ± 0.0 | 58.0 ± 1.4 |" in table_markdown(
+        rows, verdict)
