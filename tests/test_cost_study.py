@@ -41,7 +41,8 @@ def test_smoke_study_writes_json_table_and_plot(tmp_path):
     assert sgd["cost_ratio"] == [1.0, 0.0] and len(sgd["seeds"]) == 2
     assert set(result["decision"]) >= {"answer", "meets_target", "cram_plus_gain_at_90"}
     table = (tmp_path / "out" / "cram_cost_study_smoke_cpu.md").read_text()
-    assert table.count("\n| ") == 1 + len(names) and "Answer: " in table
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0][2:] for row in rows] == ["setting", *names] and "Answer: " in table
     png = (tmp_path / "out" / "cram_cost_study_smoke_cpu.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     # the hold-out: 10 per class, disjoint from the 160 training images (test_holdout: by pixels)
