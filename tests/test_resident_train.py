@@ -50,6 +50,8 @@ def test_sigkilled_resident_torchrun_run_resumes_bit_identically(data, tmp_path)
      "--data.resident=1: only for the cifar style"),
     (["--data.resident=1", "--data.order=quasi_random"], "train_cifar.py",
      "leave --data.order at random (not quasi_random)"),
+    (["--data.resident=1", "--data.decode=gpu"], "train_cifar.py",
+     "leave --data.decode at cpu (not gpu)"),
     (["--data.resident_limit_mb=-1"], "train_cifar.py", "--data.resident_limit_mb=-1: must be >= 0"),
     (["--cram.start_epoch=2"], "train_cifar.py",
      "--cram.start_epoch=2: must be in [0, --training.epochs=2)"),

@@ -140,12 +140,10 @@ class ResidentLoader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.channels_last = channels_last
         self.epoch, self.start_batch = 0, 0
+        n = len(labels)  # this rank's samples per epoch: whole shards for training
+        self.samples = (n - n % world_size) // world_size if train else len(range(rank, n, world_size))
 
     decode_fallbacks = decode_failures = 0  # nothing is decoded after the start
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.order(self.epoch))
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's sample indices of `epoch`, in the FFCV path's order."""
@@ -157,7 +155,7 @@ class ResidentLoader:
         return order[:usable][self.rank::self.world_size]
 
     def __len__(self) -> int:
-        n = len(self.order(self.epoch))
+        n = self.samples
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -182,6 +180,6 @@ class ResidentLoader:
         order = self.order(epoch)
         batches = len(self)
         order = torch.from_numpy(order[:batches * size] if self.train else order)
-        order = order.to(self.device, non_blocking=False)  # once per epoch
+        order = order.to(self.device)  # one copy per epoch
         for number in range(start, batches):
             yield self.batch(order[number * size:(number + 1) * size], epoch, number)

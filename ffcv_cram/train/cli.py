@@ -197,6 +197,9 @@ def _check_resident(d: dict, style: str) -> None:
     if d["order"] != "random":
         raise UsageError(f"--data.resident=1 draws its own seeded random order; leave "
                          f"--data.order at random (not {d['order']})")
+    if d["decode"] != "cpu":
+        raise UsageError(f"--data.resident=1 decodes each file once at start; leave --data.decode "
+                         f"at cpu (not {d['decode']})")
 
 
 def _check_cost_options(c: dict, optimizer: str, epochs: int) -> None:
