@@ -156,11 +156,11 @@ def check(cfg: dict, style: str) -> None:
             parse_pattern(p)
     except ValueError as err:
         raise UsageError(f"--cram.patterns: {err}") from None
+    _check_resident(cfg["data"], style)
     problem = (decode_problem(cfg["data"]["decode"], "--training.device", t["device"])
                or jpeg_decoder_problem(cfg["data"].get("jpeg_decoder", "auto")))
     if problem:
         raise UsageError(problem)
-    _check_resident(cfg["data"], style)
     if cfg["checkpoint"]["every_steps"] and cfg["data"]["order"] == "quasi_random":
         raise UsageError("--checkpoint.every_steps needs --data.order=random: FFCV's quasi_random "
                          "order cannot be replayed, so a resumed epoch would repeat and miss samples")
@@ -197,9 +197,9 @@ def _check_resident(d: dict, style: str) -> None:
     if d["order"] != "random":
         raise UsageError(f"--data.resident=1 draws its own seeded random order; leave "
                          f"--data.order at random (not {d['order']})")
-    if d["decode"] != "cpu":
-        raise UsageError(f"--data.resident=1 decodes each file once at start; leave --data.decode "
-                         f"at cpu (not {d['decode']})")
+    if d["decode"] == "gpu":
+        raise UsageError("--data.resident=1 decodes each file once at start; leave --data.decode "
+                         "at cpu (not gpu)")
 
 
 def _check_cost_options(c: dict, optimizer: str, epochs: int) -> None:
