@@ -130,7 +130,7 @@ def _ffcv_loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
 
 def cram_schedule_steps(cram: dict, epochs: int, iters: int) -> tuple[int, int]:
     """(start_step, ramp_steps) of the optimizer from --cram.start_epoch and --cram.ramp: CrAM
-    starts at the first step at or after start_epoch; the ramp runs from there to the end."""
+    starts at step floor(start_epoch * iters); the ramp runs from there to the last step."""
     start_step = math.floor(cram["start_epoch"] * iters)
     return start_step, (epochs * iters - start_step) if cram["ramp"] else 0
 
