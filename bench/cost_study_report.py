@@ -3,7 +3,7 @@
 Cost: a run's training time (the sum of its epoch times: no start-up, decoding or evaluation)
 over SGD's on the same seed, measured in the same study; mean ± std over seeds. Gain kept at
 90 %: (setting - SGD) / (CrAM+ - SGD) of the mean top-1 after one-shot global 90 % + BNT, over
-the seeds where all three ran.
+the seeds where all three ran (none where CrAM+ gained nothing).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def summarise(runs: list[dict], names: list[str]) -> list[dict]:
             sgd = statistics.mean(by[("sgd", s)]["bnt_top1"][at] for s in both)
             full = statistics.mean(by[("cram+", s)]["bnt_top1"][at] for s in both) - sgd
             own = statistics.mean(by[(name, s)]["bnt_top1"][at] for s in both) - sgd
-            row["gain_kept_at_90"] = own / full if full else None
+            row["gain_kept_at_90"] = own / full if full > 0 else None  # no gain: nothing to keep
         rows.append(row)
     return rows
 
