@@ -86,12 +86,14 @@ def plot(rows: list[dict], path: Path, device: str) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    marks = {"sgd": ("s", "black"), "cram+": ("D", "tab:red")}
+    marks = {"sgd": ("s", "black"), "cram+": ("D", "tab:red")}  # the references stand out
+    others = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink",
+                   "tab:olive", "tab:cyan"] * 4)
     for r in rows:
         if r["cost_ratio"] is None:
             continue
         (x, dx), (y, dy) = r["cost_ratio"], r["bnt_top1"][TARGET["at"]]
-        marker, color = marks.get(r["setting"], ("o", None))
+        marker, color = marks.get(r["setting"]) or ("o", next(others))
         ax.errorbar(x, y, xerr=dx, yerr=dy, fmt=marker, color=color, capsize=3)
         ax.annotate(f"{r['setting']} (n={len(r['seeds'])})", (x, y), fontsize=8,
                     xytext=(5, 3), textcoords="offset points")
