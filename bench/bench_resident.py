@@ -85,10 +85,10 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=10000, help="generated images")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true", help="512 images, 1 round (CPU check)")
+    parser.add_argument("--smoke", action="store_true", help="256 images, 1 round (CPU check)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.images, args.rounds = 512, 1
+        args.images, args.rounds = 256, 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,7 @@
 """bench/cram_cost_study.py: the smoke study end to end (real conversions with a hold-out, real
 trainings with resident data, the real eval_sparse.py), its archive handling and bad inputs."""
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -115,3 +116,16 @@ def test_summary_cost_gain_and_decision():
     assert verdict["cram_plus_gain_at_90"] == pytest.approx(30)
     assert "| late | 2 | 1.45 ± 0.07 | 90.0 ± 0.0 | 80.0 ± 0.0 | 58.0 ± 1.4 |" in table_markdown(
         rows, verdict)
+
+
+@pytest.mark.slow
+def test_resident_throughput_benchmark_runs_both_paths(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_resident.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "BENCH_RESULTS_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "bench_resident_cpu.json").read_text())
+    assert set(result["results"]) == {"train", "loader only"}
+    for by_path in result["results"].values():
+        assert set(by_path) == {"resident", "FFCV loader"}
+        assert all(r["images_per_s"] > 0 and len(r["rounds"]) == 1 for r in by_path.values())
