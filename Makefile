@@ -54,5 +54,11 @@ GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
 	$(GPU_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
+# the CrAM cost study on real CIFAR-10 (bench/cram_cost_study.py): ARCHIVE=<cifar10-train-jpeg.tar.gz>
+# on a GPU machine (its python, like gpu-check); without ARCHIVE the CPU smoke run on generated data
+.PHONY: cost-study
+cost-study:
+	$(GPU_PY) bench/cram_cost_study.py $(if $(ARCHIVE),--archive $(ARCHIVE) --budget-s 480,--smoke) $(COST_STUDY_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out

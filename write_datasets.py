@@ -33,6 +33,9 @@ Section("cfg", "conversion").params(
     subset=Param(int, "write a seeded random subset of this many images (-1: all)", default=-1),
     calibration=Param(IntRange(0), "write a class-balanced calibration set of this many training images "
                            "(0: off)", default=0),
+    holdout_per_class=Param(IntRange(0), "split the training images of data_dir in two that never "
+                            "overlap: --cfg.split=val writes the last N images of each class (sorted "
+                            "file order), --cfg.split=train the rest (0: off)", default=0),
     seed=Param(int, "seed for subsets, calibration sets and proportion mode", default=0),
     on_bad_image=Param(OneOf(["skip", "fail"]), "unreadable images: skip (and list them) or fail",
                        default="skip"),

@@ -287,7 +287,8 @@ def test_bf16_step_with_the_options_never_synchronises():
     assert opt._fused and opt.cram_steps == 6
 
 
-COST_DEFAULTS = {"interval": 1, "reuse": False, "second_pass_fraction": 1.0}
+COST_DEFAULTS = {"interval": 1, "reuse": False, "second_pass_fraction": 1.0,
+                 "start_epoch": 0.0, "ramp": False}
 
 
 @pytest.mark.parametrize("changes,optimizer,message", [
@@ -302,6 +303,6 @@ def test_trainer_flag_checks_name_the_flag_and_range(changes, optimizer, message
     """(the CLI turns these into one `error:` line and exit status 2, see test_train_cli)"""
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]")):
-        _check_cost_options({**COST_DEFAULTS, **changes}, optimizer)
+        _check_cost_options({**COST_DEFAULTS, **changes}, optimizer, 10)
     _check_cost_options({**COST_DEFAULTS, "interval": 2, "reuse": True,
-                         "second_pass_fraction": 0.25}, "cram_nm")  # valid: no error
+                         "second_pass_fraction": 0.25}, "cram_nm", 10)  # valid: no error

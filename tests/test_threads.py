@@ -105,8 +105,10 @@ def test_trainer_loaders_get_the_rule_or_the_users_choice(machine, capsys, given
     machine.setattr(loop, "ImageLoader", Recorder)
     machine.setenv("LOCAL_WORLD_SIZE", "4")
     cfg = {"data": {"num_workers": given, "in_memory": True, "decode": "cpu", "order": "random",
-                    "train_dataset": "t.beton", "val_dataset": "v.beton"},
-           "training": {"channels_last": True, "batch_size": 8, "seed": 0},
+                    "train_dataset": "t.beton", "val_dataset": "v.beton",
+                    "cifar_inputs": "reference"},
+           "training": {"channels_last": True, "seed": 0},
+           "batch_plan": {"batch_size_per_process": 8},
            "validation": {"batch_size": 8}, "resolution": {}}
     for rank in (0, 1):
         Recorder.built = []

@@ -12,7 +12,10 @@ from pathlib import Path
 from ..atomic import WriteError as RefusedWrite, write_text
 
 from .encoding import Encoding
-from .sources import (Cifar10Source, FolderSource, SourceError, balanced_subset, random_subset)
+import numpy as np
+
+from .sources import (Cifar10Source, FolderSource, SourceError, balanced_subset, holdout_split,
+                      random_subset)
 
 DATASETS = ("imagenet", "folder", "cifar10")
 IMAGENET_CLASSES = 1000
@@ -53,10 +56,13 @@ def convert(dataset: str, split: str, data_dir: str, write_path: str, *, max_res
             jpeg_quality: int = 90, smart_threshold: int | None = None, num_workers: int = 0,
             chunk_size: int = 100, subset: int = -1, calibration: int = 0, seed: int = 0,
             on_bad_image: str = "skip", overwrite: bool = False, download: bool = False,
-            progress: bool = True):
+            holdout_per_class: int = 0, progress: bool = True):
     """Convert and return (WriteResult, class names). Raises ConversionError for user mistakes.
 
-    Every argument is checked before ffcv (slow to import) is loaded or any file is written."""
+    Every argument is checked before ffcv (slow to import) is loaded or any file is written.
+    `holdout_per_class=N` splits the training images of `data_dir` in two that never overlap:
+    split 'val' writes the last N images of each class (`sources.holdout_split`), split 'train'
+    the rest; a subset or calibration set is then drawn from that side."""
     encoding = Encoding(write_mode, max_resolution or None, jpeg_quality, compress_probability,
                         smart_threshold, seed)
     try:
@@ -73,16 +79,24 @@ def convert(dataset: str, split: str, data_dir: str, write_path: str, *, max_res
         raise ConversionError("--cfg.calibration selects training images: use --cfg.split=train")
     if calibration < 0:
         raise ConversionError(f"calibration={calibration}: must be >= 1 (or 0 for off)")
+    if holdout_per_class < 0:
+        raise ConversionError(f"holdout_per_class={holdout_per_class}: must be >= 1 (or 0 for off)")
     if os.path.exists(write_path) and not overwrite:
         raise ConversionError(f"{write_path}: already exists; pass --cfg.overwrite=1 to replace it")
     try:
-        source = open_source(dataset, split, data_dir, download)
+        # a hold-out is cut from the training images, whichever side is written
+        source = open_source(dataset, "train" if holdout_per_class else split, data_dir, download)
+        base = np.arange(len(source))
+        if holdout_per_class:
+            kept, held = holdout_split(source.labels, holdout_per_class,
+                                       lambda c: f"class '{source.classes[c]}'")
+            base = held if split == "val" else kept
         if calibration:
-            indices = balanced_subset(source.labels, calibration, seed)
+            indices = base[balanced_subset(source.labels[base], calibration, seed)]
         elif subset > 0:
-            indices = random_subset(len(source), subset, seed)
+            indices = base[random_subset(len(base), subset, seed)]
         else:
-            indices = range(len(source))
+            indices = base
     except SourceError as err:
         raise ConversionError(str(err)) from None
     from .writer import WriteError, write_beton  # ffcv: slow to import, so only once all is checked

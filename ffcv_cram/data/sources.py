@@ -118,6 +118,24 @@ def random_subset(n_total: int, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_total, size=n, replace=False))
 
 
+def holdout_split(labels: np.ndarray, per_class: int, describe=None) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, hold-out indices): the last `per_class` samples of each class in the
+    source's order (sorted file order for folder trees), so the split is the same on every
+    machine. The two are complementary by construction: together every sample exactly once."""
+    held = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if per_class >= len(members):
+            name = describe(int(c)) if describe else f"class {int(c)}"
+            raise SourceError(f"hold-out of {per_class} per class leaves no training images in "
+                              f"{name} ({len(members)} images); lower --cfg.holdout_per_class")
+        held.append(members[len(members) - per_class:])
+    holdout = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    keep = np.ones(len(labels), bool)
+    keep[holdout] = False
+    return np.flatnonzero(keep), holdout
+
+
 def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """`n` sample indices spread as evenly as possible over the classes (seeded), sorted.
 

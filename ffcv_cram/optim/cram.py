@@ -13,6 +13,9 @@ Cheaper variants (issue 14; off by default, where the step above is unchanged):
     reuse                    on those one-pass steps d = g + r, r the latest full step's d - g
     second_pass_fraction=f   g_C on the first ceil(f * B) samples of the batch (the caller's
                              second pass slices it: `second_pass_size(B)`)
+Issue 27 adds two more (`cram_schedule`):
+    start_step=S             steps before S are one-pass steps: CrAM over the last part only
+    ramp_steps=T             the full-step rate rises linearly from 1/interval to 1 over T steps
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import torch
 
 from ..sparsity.masks import (check_sparsity, compress_, nm_masks,
                               parse_pattern, selection_groups)
+from .cram_schedule import check_schedule, is_full_step
 from .graphs import StepGraphs, graph_problem
 from .two_pass import TwoPassOptimizer
 
@@ -36,8 +40,8 @@ class _CompressedTwoPass(TwoPassOptimizer):
     host synchronisation. `kernels=None` picks the fused path when it applies, False forces torch
     ops (also FFCV_CRAM_KERNELS=0), True requires the fused path (on the CPU: TRITON_INTERPRET=1).
 
-    Cost options (module docstring). `interval=k`: whether a step is a full CrAM step is a pure
-    function of `cram_steps`, the count of steps taken, saved in `state_dict` (so resumed runs
+    Cost options (module docstring). `interval=k`, `start_step`, `ramp_steps`: whether a step is
+    a full CrAM step is a pure function of `cram_steps` (`cram_schedule.is_full_step`), the count of steps taken, saved in `state_dict` (so resumed runs
     and every DDP rank agree without communicating); a step discarded on fp16 overflow does not
     count. `full_step_due` says what the next step is; `step()` then needs no closure, and
     `one_pass_step()` takes it with the gradient already in `.grad`.
@@ -50,12 +54,12 @@ class _CompressedTwoPass(TwoPassOptimizer):
 
     def __init__(self, params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
                  kernels=None, interval: int = 1, reuse: bool = False,
-                 second_pass_fraction: float = 1.0, cuda_graph: bool = False, **base_kwargs):
+                 second_pass_fraction: float = 1.0, cuda_graph: bool = False,
+                 start_step: int = 0, ramp_steps: int = 0, **base_kwargs):
         super().__init__(params, base_optimizer, rho=rho, **base_kwargs)
         if kernels not in (None, True, False):
             raise ValueError(f"kernels={kernels!r}: must be None (automatic), True or False")
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise ValueError(f"interval={interval!r}: must be an integer >= 1")
+        check_schedule(interval, start_step, ramp_steps)
         if not isinstance(second_pass_fraction, (int, float)) or not 0 < second_pass_fraction <= 1:
             raise ValueError(f"second_pass_fraction={second_pass_fraction!r}: must be in (0, 1]")
         self.use_grad_norm = bool(grad_norm)
@@ -63,6 +67,7 @@ class _CompressedTwoPass(TwoPassOptimizer):
         self.sparse_grad = bool(sparse_grad)
         self.kernels = kernels
         self.interval = interval
+        self.start_step, self.ramp_steps = start_step, ramp_steps
         self.reuse = bool(reuse)
         self.second_pass_fraction = float(second_pass_fraction)
         self.cram_steps = 0            # steps taken, full and one-pass: the schedule's clock
@@ -85,7 +90,7 @@ class _CompressedTwoPass(TwoPassOptimizer):
     @property
     def full_step_due(self) -> bool:
         """Whether the next step is a full (two-pass) CrAM step."""
-        return self.cram_steps % self.interval == 0
+        return is_full_step(self.cram_steps, self.interval, self.start_step, self.ramp_steps)
 
     def second_pass_size(self, batch_size: int) -> int:
         """ceil(second_pass_fraction * batch_size) samples for the second pass (at least 1)."""
@@ -364,7 +369,8 @@ class TopkCrAM(_CompressedTwoPass):
                  plus_version: bool = True, sparse_grad: bool = True, scope: str = "global",
                  seed: int = 0, unif_prune: bool | None = None, kernels: bool | None = None,
                  interval: int = 1, reuse: bool = False, second_pass_fraction: float = 1.0,
-                 dense=None, **base_kwargs):
+                 dense=None, start_step: int = 0, ramp_steps: int = 0,
+                 **base_kwargs):
         if unif_prune:  # the reference's spelling of scope='uniform'
             scope = "uniform"
         if scope not in ("global", "uniform"):
@@ -377,7 +383,8 @@ class TopkCrAM(_CompressedTwoPass):
         self.last_sparsity: float | None = None
         super().__init__(params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
                          kernels, interval=interval, reuse=reuse,
-                         second_pass_fraction=second_pass_fraction, **base_kwargs)
+                         second_pass_fraction=second_pass_fraction, start_step=start_step,
+                         ramp_steps=ramp_steps, **base_kwargs)
         if scope == "uniform" and dense is None:
             ranked = [p for p in self._params() if p.dim() > 1]
             dense = ranked[:1] + ranked[-1:]
@@ -421,7 +428,7 @@ class NMTopkCrAM(_CompressedTwoPass):
                  patterns=((2, 4), (4, 8)), grad_norm: bool = False, plus_version: bool = True,
                  sparse_grad: bool = True, seed: int = 0, kernels: bool | None = None,
                  interval: int = 1, reuse: bool = False, second_pass_fraction: float = 1.0,
-                 **base_kwargs):
+                 start_step: int = 0, ramp_steps: int = 0, **base_kwargs):
         if isinstance(patterns, str) or (len(patterns) == 2 and all(isinstance(x, int) for x in patterns)):
             patterns = (patterns,)
         self.patterns = tuple(parse_pattern(p) for p in patterns)
@@ -430,7 +437,8 @@ class NMTopkCrAM(_CompressedTwoPass):
         self.last_pattern: tuple[int, int] | None = None
         super().__init__(params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
                          kernels, interval=interval, reuse=reuse,
-                         second_pass_fraction=second_pass_fraction, **base_kwargs)
+                         second_pass_fraction=second_pass_fraction, start_step=start_step,
+                         ramp_steps=ramp_steps, **base_kwargs)
 
     def _compress(self, prunable):
         self.last_pattern = self.patterns[self.draw(len(self.patterns))]

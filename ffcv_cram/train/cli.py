@@ -40,6 +40,11 @@ def declare(defaults: dict) -> None:
                            "std 0.2023,0.1994,0.2010, translate padded with black) | cifar10_std "
                            "(CIFAR-10's std 0.2470,0.2435,0.2616, padded with the mean: runs of "
                            "ffcv-cram before 0.2023 became the default)", default="reference"),
+        resident=Param(Flag(), "cifar style: decode the .beton files once into device memory and "
+                       "augment batches there (no loader threads; refused if they do not fit)",
+                       default=d("data.resident", False)),
+        resident_limit_mb=Param(float, "with resident: MiB the decoded data may take (0: 80 % of "
+                                "the device's available memory)", default=0.0),
     )
     Section("model", "architecture").params(
         arch=Param(str, "resnet20, resnet18_cifar, vgg16_cifar or any torchvision model",
@@ -98,6 +103,10 @@ def declare(defaults: dict) -> None:
         second_pass_fraction=Param(float, "second pass on the first ceil(f * B) samples of each "
                                    "process's batch, f in (0, 1]",
                                    default=d("cram.second_pass_fraction", 1.0)),
+        start_epoch=Param(float, "CrAM from this epoch on (fractions allowed); the steps before "
+                          "it are plain base-optimizer (SGD) steps", default=d("cram.start_epoch", 0.0)),
+        ramp=Param(Flag(), "raise the full-step rate linearly from 1/interval at start_epoch to "
+                   "1 at the last step (needs interval >= 2)", default=d("cram.ramp", False)),
     )
     Section("lr", "learning-rate schedule").params(
         schedule=Param(OneOf(LR_SCHEDULES), "cosine | step | cyclic", default=d("lr.schedule", "cosine")),
@@ -162,6 +171,7 @@ def check(cfg: dict, style: str) -> None:
             parse_pattern(p)
     except ValueError as err:
         raise UsageError(f"--cram.patterns: {err}") from None
+    _check_resident(cfg["data"], style)
     problem = (decode_problem(cfg["data"]["decode"], "--training.device", t["device"])
                or jpeg_decoder_problem(cfg["data"].get("jpeg_decoder", "auto")))
     if problem:
@@ -173,7 +183,7 @@ def check(cfg: dict, style: str) -> None:
         raise UsageError(f"--training.compile_mode={t['compile_mode']}: needs --training.compile=1")
     if c["rho"] < 0:
         raise UsageError(f"--cram.rho={c['rho']}: must be >= 0")
-    _check_cost_options(c, t["optimizer"])
+    _check_cost_options(c, t["optimizer"], t["epochs"])
     problem = _cuda_graph_problem(t, c)
     if problem:
         raise UsageError(f"--training.cuda_graph=1: {problem}")
@@ -196,15 +206,38 @@ def check(cfg: dict, style: str) -> None:
                          "leave these unset")
 
 
-def _check_cost_options(c: dict, optimizer: str) -> None:
+def _check_resident(d: dict, style: str) -> None:
+    if d["resident_limit_mb"] < 0:
+        raise UsageError(f"--data.resident_limit_mb={d['resident_limit_mb']:g}: must be >= 0")
+    if not d["resident"]:
+        return
+    if style != "cifar":
+        raise UsageError("--data.resident=1: only for the cifar style (train_cifar.py), whose "
+                         "images are small and of one size; use --data.resident=0")
+    if d["order"] != "random":
+        raise UsageError(f"--data.resident=1 draws its own seeded random order; leave "
+                         f"--data.order at random (not {d['order']})")
+    if d["decode"] == "gpu":
+        raise UsageError("--data.resident=1 decodes each file once at start; leave --data.decode "
+                         "at cpu (not gpu)")
+
+
+def _check_cost_options(c: dict, optimizer: str, epochs: int) -> None:
     fraction = c["second_pass_fraction"]
+    if not 0 <= c["start_epoch"] < epochs:
+        raise UsageError(f"--cram.start_epoch={c['start_epoch']:g}: must be in [0, "
+                         f"--training.epochs={epochs})")
+    if c["ramp"] and c["interval"] < 2:
+        raise UsageError("--cram.ramp=1 needs --cram.interval >= 2 (the ramp starts at one full "
+                         "step in `interval`; with interval 1 every step is full already)")
     if not 0 < fraction <= 1:
         raise UsageError(f"--cram.second_pass_fraction={fraction:g}: must be in (0, 1]")
     if c["reuse"] and c["interval"] < 2:
         raise UsageError("--cram.reuse=1 needs --cram.interval >= 2 (with interval 1 every step "
                          "is a full CrAM step: nothing to reuse)")
     changed = [f"--cram.{k}" for k, default in (("interval", 1), ("reuse", False),
-                                                  ("second_pass_fraction", 1.0))
+                                                  ("second_pass_fraction", 1.0),
+                                                  ("start_epoch", 0.0), ("ramp", False))
                if c[k] != default]
     if changed and optimizer not in ("cram", "cram_nm"):
         raise UsageError(f"{', '.join(changed)}: only for --training.optimizer=cram or cram_nm "

@@ -8,6 +8,7 @@ folder's last checkpoint, mid-epoch too, and continues bit-identically.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import sys
@@ -20,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..atomic import remove_stale_temporaries, torch_save
 from ..config import UsageError, num_classes as config_num_classes
 from ..data.pipelines import ImageLoader, LoaderError
+from ..data.resident import ResidentLoader
 from ..data.threads import loader_threads, local_processes, thread_summary, usable_cores
 from ..models import get_model
 from ..models.compiled import compile_model, compile_problem
@@ -41,12 +43,13 @@ from .step import TrainStep, make_optimizer, parameter_groups
 # sections that may change between a run and its resumption without changing its result
 RESUMABLE_CHANGES = ("logging", "checkpoint", "validation")
 RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "data.jpeg_decoder",
-                  "data.gpu_prefetch", "training.device",
+                  "data.gpu_prefetch", "data.resident_limit_mb", "training.device",
                   "training.dist_timeout", "training.compile", "training.compile_mode")
 # keys added after runs were saved without them: the value a saved run had (the default, except
 # for CIFAR inputs, which followed CIFAR-10's true std before the reference's became the default)
 ADDED_KEYS = {"cram.interval": 1, "cram.reuse": False, "cram.second_pass_fraction": 1.0,
-              "training.cuda_graph": False, "data.cifar_inputs": "cifar10_std"}
+              "training.cuda_graph": False, "data.cifar_inputs": "cifar10_std",
+              "cram.start_epoch": 0.0, "cram.ramp": False, "data.resident": False}
 # compared through what they amount to, the batch plan's global batch and effective lr (a run
 # saved before the global batch existed holds training.batch_size per process instead)
 PLANNED_KEYS = ("training.batch_size", "training.global_batch_size",
@@ -84,7 +87,43 @@ def _lr(cfg: dict, epoch: float) -> float:
                  peak_epoch=lr["peak_epoch"], per_iteration=lr["per_iteration"])
 
 
+AMP_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _resident_loaders(cfg: dict, ctx: Context):
+    """Both datasets decoded once into the training device's memory, batches in the AMP dtype."""
+    d, t = cfg["data"], cfg["training"]
+    limit = int(d["resident_limit_mb"] * 2**20) or None
+    common = dict(device=ctx.device, dtype=AMP_DTYPES[t["amp"]], rank=ctx.rank,
+                  world_size=ctx.world_size, channels_last=t["channels_last"],
+                  num_workers=d["num_workers"], memory_limit=limit, cifar_inputs=d["cifar_inputs"])
+    train = ResidentLoader(d["train_dataset"], train=True,
+                           batch_size=cfg["batch_plan"]["batch_size_per_process"],
+                           seed=t["seed"], **common)
+    val = (ResidentLoader(d["val_dataset"], train=False,
+                          batch_size=cfg["validation"]["batch_size"], **common)
+           if d["val_dataset"] else None)
+    if ctx.is_main:
+        print(f"resident data on {ctx.device}: {len(train.labels):,} training images"
+              + (f", {len(val.labels):,} validation images" if val else ""), flush=True)
+    return train, val
+
+
 def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
+    d, t = cfg["data"], cfg["training"]
+    try:
+        train, val = (_resident_loaders(cfg, ctx) if d.get("resident")
+                      else _ffcv_loaders(cfg, style, ctx, start_epoch))
+    except LoaderError as err:
+        raise UsageError(str(err)) from None
+    if len(train) == 0:
+        raise UsageError(f"{d['train_dataset']}: fewer samples per process than one batch of "
+                         f"{cfg['batch_plan']['batch_size_per_process']}; lower "
+                         "--training.global_batch_size (with --lr.scaling)")
+    return train, val
+
+
+def _ffcv_loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
     d, t, v = cfg["data"], cfg["training"], cfg["validation"]
     # the training and validation loaders take turns (an epoch ends before evaluation starts),
     # so each may use the process's whole share of the cores
@@ -93,28 +132,31 @@ def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
                   in_memory=d["in_memory"], channels_last=t["channels_last"], decode=d["decode"],
                   jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2),
                   cifar_inputs=d["cifar_inputs"])
-    try:
-        per_process = cfg["batch_plan"]["batch_size_per_process"]
-        train = ImageLoader(d["train_dataset"], train=True, batch_size=per_process,
-                            resolution=_resolutions(cfg, style, start_epoch) or 224,
-                            seed=t["seed"], order=d["order"], **common)
-        val = None
-        if d["val_dataset"]:
-            res = cfg["resolution"]["val_res"] if style == "imagenet" else 224
-            val = ImageLoader(d["val_dataset"], train=False, batch_size=v["batch_size"],
-                              resolution=res, **common)
-    except LoaderError as err:
-        raise UsageError(str(err)) from None
+    train = ImageLoader(d["train_dataset"], train=True,
+                        batch_size=cfg["batch_plan"]["batch_size_per_process"],
+                        resolution=_resolutions(cfg, style, start_epoch) or 224,
+                        seed=t["seed"], order=d["order"], **common)
+    val = None
+    if d["val_dataset"]:
+        res = cfg["resolution"]["val_res"] if style == "imagenet" else 224
+        val = ImageLoader(d["val_dataset"], train=False, batch_size=v["batch_size"],
+                          resolution=res, **common)
     if ctx.is_main:
         print(thread_summary(d["num_workers"]), flush=True)
-    if len(train) == 0:
-        raise UsageError(f"{d['train_dataset']}: fewer samples per process than one batch of "
-                         f"{per_process}; lower --training.global_batch_size (with --lr.scaling)")
     return train, val
 
 
-def _build(cfg: dict, ctx: Context, num_classes: int):
+def cram_schedule_steps(cram: dict, epochs: int, iters: int) -> tuple[int, int]:
+    """(start_step, ramp_steps) of the optimizer from --cram.start_epoch and --cram.ramp: CrAM
+    starts at step floor(start_epoch * iters); the ramp runs from there to the last step."""
+    start_step = math.floor(cram["start_epoch"] * iters)
+    return start_step, (epochs * iters - start_step) if cram["ramp"] else 0
+
+
+def _build(cfg: dict, ctx: Context, num_classes: int, iters: int):
     m, t, c = cfg["model"], cfg["training"], cfg["cram"]
+    start_step, ramp_steps = (cram_schedule_steps(c, t["epochs"], iters)
+                              if t["optimizer"] in ("cram", "cram_nm") else (0, 0))
     model = get_model(m["arch"], num_classes, blurpool=m["blurpool"]).to(ctx.device)
     if t["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -125,7 +167,8 @@ def _build(cfg: dict, ctx: Context, num_classes: int):
         sparsities=c["sparsities"], patterns=c["patterns"], plus_version=c["plus_version"],
         sparse_grad=c["sparse_grad"], scope=c["scope"], grad_norm=c["grad_norm"], seed=c["seed"],
         interval=c["interval"], reuse=c["reuse"], second_pass_fraction=c["second_pass_fraction"],
-        cuda_graph=t.get("cuda_graph", False), dense=_uniform_dense(model, c["scope"]))
+        cuda_graph=t.get("cuda_graph", False), dense=_uniform_dense(model, c["scope"]),
+        start_step=start_step, ramp_steps=ramp_steps)
     return model, optimizer
 
 
@@ -264,7 +307,11 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
         remove_stale_temporaries(folder)
     start_epoch = state["epoch"] if state else 0
     resumed = _resume_point(state, ctx, os.path.join(folder, ckpt.LAST))
-    model, optimizer = _build(cfg, ctx, num_classes)
+    # the loaders first: CrAM's step schedule is set in steps, from the epoch's length
+    train_loader, val_loader = _loaders(cfg, style, ctx, start_epoch)
+    iters = len(train_loader)
+    torch.manual_seed(t["seed"])  # the initialisation does not depend on what loading drew
+    model, optimizer = _build(cfg, ctx, num_classes, iters)
     step = TrainStep(model, optimizer, t["optimizer"], t["amp"], t["label_smoothing"], ctx.device)
     if state:
         model.load_state_dict(state["model"])
@@ -278,8 +325,6 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
     if ctx.distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         step.model = DistributedDataParallel(step.model, device_ids=device_ids)
-    train_loader, val_loader = _loaders(cfg, style, ctx, start_epoch)
-    iters = len(train_loader)
     if resumed.batch >= iters:
         raise UsageError(f"{os.path.join(folder, ckpt.LAST)}: written at batch {resumed.batch} of "
                          f"an epoch, but an epoch of this training set has {iters} batches; resume "

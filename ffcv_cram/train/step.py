@@ -11,7 +11,8 @@ and the first pass's flag is added to the scaler's, so `update()` backs the scal
 If either overflowed, `discard_step()` restores the weights exactly (and rewinds the sparsity
 draw) and the base optimizer never steps, so momentum and every other state stay untouched.
 
-CrAM's cost options (`interval`, `reuse`, `second_pass_fraction`, see `optim.cram`): a step the
+CrAM's cost options (`interval`, `reuse`, `second_pass_fraction`, `start_step`, `ramp_steps`,
+see `optim.cram`): a step the
 optimizer's schedule makes one-pass runs exactly like an SGD step (with fp16: GradScaler.step,
 which skips it on overflow; the optimizer's step counter then does not advance, which is how
 the skip is seen). The second pass of a full step runs on the first ceil(f * B) samples.
@@ -153,19 +154,23 @@ def make_optimizer(method: str, params, *, lr: float, momentum: float, weight_de
                    patterns=((2, 4), (4, 8)), plus_version: bool = True, sparse_grad: bool = True,
                    scope: str = "global", grad_norm: bool = False, seed: int = 0,
                    interval: int = 1, reuse: bool = False, second_pass_fraction: float = 1.0,
-                   cuda_graph: bool = False, dense=None):
+                   cuda_graph: bool = False, dense=None, start_step: int = 0,
+                   ramp_steps: int = 0):
     """The base SGD (momentum, weight decay), wrapped per `method`. On CUDA the SGD update is
     torch's fused kernel: one launch instead of several foreach ones (on an H200, ResNet-50's
     foreach update took 2.2 ms, 27 % of the fused CrAM step's optimizer side).
-    `interval`, `reuse`, `second_pass_fraction`: CrAM's cost options (cram and cram_nm only).
+    `interval`, `reuse`, `second_pass_fraction`, `start_step`, `ramp_steps`: CrAM's cost options
+    (cram and cram_nm only).
     `cuda_graph`: capture CrAM's optimizer side in CUDA graphs (cram and cram_nm only; see
     `optim.graphs`). `dense`: the tensors cram's scope='uniform' leaves dense (None: TopkCrAM's
     default)."""
     params = list(params)
-    cheaper = dict(interval=interval, reuse=reuse, second_pass_fraction=second_pass_fraction)
-    if method in ("sgd", "sam") and (interval != 1 or reuse or second_pass_fraction != 1):
-        raise ValueError(f"interval, reuse and second_pass_fraction apply to cram and cram_nm, "
-                         f"not {method}")
+    cheaper = dict(interval=interval, reuse=reuse, second_pass_fraction=second_pass_fraction,
+                   start_step=start_step, ramp_steps=ramp_steps)
+    if method in ("sgd", "sam") and (interval != 1 or reuse or second_pass_fraction != 1
+                                     or start_step or ramp_steps):
+        raise ValueError(f"interval, reuse, second_pass_fraction, start_step and ramp_steps apply "
+                         f"to cram and cram_nm, not {method}")
     if method in ("sgd", "sam") and cuda_graph:
         raise ValueError(f"cuda_graph=True applies to cram and cram_nm, not {method}")
     sgd = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
