@@ -60,6 +60,7 @@ def test_demo_outputs_agree_with_the_printed_table(demo):
     # every command's output (writer, trainers, sweep) went to a pipe: no progress-bar frames
     log = (out / "demo.log").read_bytes()
     assert b"\r" not in log and b"$ python eval_sparse.py" in log
+    assert b"Traceback" not in log and b"Exception ignored" not in log  # nothing failed
 
 
 @pytest.mark.slow

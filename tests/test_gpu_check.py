@@ -27,6 +27,8 @@ def test_dry_run_runs_every_section(tmp_path):
                  "compile"):
         assert name in table
     assert "\r" not in proc.stdout  # progress-bar frames are dropped from the log
+    for text in (proc.stdout, proc.stderr):  # nothing failed, so no traceback anywhere
+        assert "Traceback" not in text and "Exception ignored" not in text
 
 
 def test_unknown_section_is_refused():
