@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from test_train_cli import (ROOT, args, assert_same_run, data, killed_and_resumed_equals_whole,  # noqa: F401
+from test_train_cli import (ROOT, args, assert_same_run, killed_and_resumed_equals_whole,
                             log_lines, train)
 
 SCHEDULE = ("--cram.start_epoch=0.5", "--cram.interval=2", "--cram.ramp=1")

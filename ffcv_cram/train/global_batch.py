@@ -88,12 +88,15 @@ def describe(plan: dict, cfg: dict) -> str:
     return line
 
 
-def saved_plan(saved: dict, world_size: int) -> dict:
+def saved_plan(saved: dict, world_size: int) -> dict | None:
     """The batch plan a saved run configuration trained with. Runs written before the global batch
     existed hold `training.batch_size` per process and used `lr.lr` as is; they are read as that
-    batch times the processes that resume them (the run's count was not recorded)."""
+    batch times the processes that resume them (the run's count was not recorded). None for a
+    configuration that states no batch at all (a fragment)."""
     if "batch_plan" in saved:
         return saved["batch_plan"]
+    if "batch_size" not in saved.get("training", {}):
+        return None
     per_process = saved["training"]["batch_size"]
     return BatchPlan(world_size, per_process, per_process * world_size,
                      saved["lr"]["lr"]).to_dict()

@@ -65,7 +65,9 @@ def config_differences(saved: dict, current: dict, world_size: int = 1) -> list[
     """Settings in which the `current` configuration (with its batch plan) differs from a `saved`
     one, resumed by `world_size` processes."""
     b = _flat(current)
-    saved = {**saved, "batch_plan": saved_plan(saved, world_size)}
+    plan = saved_plan(saved, world_size)
+    if plan is not None:
+        saved = {**saved, "batch_plan": plan}
     a = {**{k: v for k, v in ADDED_KEYS.items() if k in b}, **_flat(saved)}
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
                   and k.split(".")[0] not in RESUMABLE_CHANGES and k not in RESUMABLE_KEYS
