@@ -94,3 +94,13 @@ def test_grad_after_a_step_is_the_eager_one(set_to_none, recorded_graphs):
     assert len(recorded_graphs) == 2
     for expected, got in zip(eager, graphed):
         assert_bit_equal(expected, got)
+
+
+def test_assigned_patterns_are_parsed():
+    optimizer = NMTopkCrAM(SmallConvNet().parameters(), torch.optim.SGD, lr=0.1)
+    optimizer.patterns = "1:4"
+    assert optimizer.patterns == ((1, 4),)
+    optimizer.patterns = (2, 8)
+    assert optimizer.patterns == ((2, 8),)
+    with pytest.raises(ValueError, match="patterns"):
+        optimizer.patterns = ()

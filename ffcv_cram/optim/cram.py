@@ -454,7 +454,8 @@ class NMTopkCrAM(_CompressedTwoPass):
 
     @patterns.setter
     def patterns(self, values) -> None:  # (captured graphs are keyed by the pattern drawn)
-        if isinstance(values, str) or (len(values) == 2 and all(isinstance(x, int) for x in values)):
+        one = len(values) == 2 and all(isinstance(x, int) for x in values)  # (2, 4) alone
+        if isinstance(values, str) or one:
             values = (values,)
         patterns = tuple(parse_pattern(p) for p in values)
         if not patterns:
