@@ -3,10 +3,11 @@
 generate shapes -> write_datasets.py (train, val, calibration) -> train_cifar.py twice (CrAM+
 Multi and SGD, same epochs; rho 0.05, since the reference's 0.15-0.2 are tuned for 200
 epochs and slow a 10-epoch run badly) -> eval_sparse.py on both (global 50-95 % and 2:4, with BNT) -> the
-comparison table and the plot. Every command is printed before it runs.
+comparison table and the plot. Every command is printed before it runs, its output streams to the
+screen and demo.log as it comes; running the demo again into the same --out resumes it.
 
-    python -m ffcv_cram.demo --out demo_out            (about 10 minutes on a 2-core CPU)
-    python -m ffcv_cram.demo --out demo_out --quick    (a reduced size, for the test suite)
+    python -m ffcv_cram.demo --out demo_out            (10-15 minutes on an idle 2-core CPU)
+    python -m ffcv_cram.demo --out demo_out --quick    (a reduced size, for the test suite: ~2 min)
 """
 from __future__ import annotations
 
@@ -70,7 +71,9 @@ def _data_step(folder: DemoFolder, output: str, argv: list[str], log) -> None:
     overwrite unless told."""
     path = folder.path / output
     if folder.done(output):
-        print(f"\nskip: {path} (written by an earlier run of the demo)", flush=True)
+        line = f"skip: {path} (written by an earlier run of the demo)"
+        print(f"\n{line}", flush=True)
+        log.write(f"{line}\n".encode())
         return
     if path.exists():
         argv = argv + [OVERWRITE.get(output, "--cfg.overwrite=1")]
