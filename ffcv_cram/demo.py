@@ -7,7 +7,7 @@ comparison table and the plot. Every command is printed before it runs, its outp
 screen and demo.log as it comes; running the demo again into the same --out resumes it.
 
     python -m ffcv_cram.demo --out demo_out            (10-15 minutes on an idle 2-core CPU)
-    python -m ffcv_cram.demo --out demo_out --quick    (a reduced size, for the test suite: ~2 min)
+    python -m ffcv_cram.demo --out demo_out --quick    (a reduced size, for the test suite: 2-3 min)
 """
 from __future__ import annotations
 
