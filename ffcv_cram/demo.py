@@ -3,21 +3,25 @@
 generate shapes -> write_datasets.py (train, val, calibration) -> train_cifar.py twice (CrAM+
 Multi and SGD, same epochs; rho 0.05, since the reference's 0.15-0.2 are tuned for 200
 epochs and slow a 10-epoch run badly) -> eval_sparse.py on both (global 50-95 % and 2:4, with BNT) -> the
-comparison table and the plot. Every command is printed before it runs.
+comparison table and the plot. Every command is printed before it runs, its output streams to the
+screen and demo.log as it comes; running the demo again into the same --out resumes it.
 
-    python -m ffcv_cram.demo --out demo_out            (about 10 minutes on a 2-core CPU)
-    python -m ffcv_cram.demo --out demo_out --quick    (a reduced size, for the test suite)
+    python -m ffcv_cram.demo --out demo_out            (10-15 minutes on an idle 2-core CPU)
+    python -m ffcv_cram.demo --out demo_out --quick    (a reduced size, for the test suite: 2-3 min)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import shutil
-import subprocess
+import signal
 import sys
 import time
 from pathlib import Path
+
+from .atomic import WriteError
+from .config import fail
+from .demo_folder import DemoFolder, FolderRefused
+from .demo_steps import Interrupted, StepFailed, run_step
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = dict(classes=10, train_per_class=300, val_per_class=100, calibration=500, epochs=10,
@@ -25,23 +29,8 @@ FULL = dict(classes=10, train_per_class=300, val_per_class=100, calibration=500,
 QUICK = dict(classes=4, train_per_class=40, val_per_class=10, calibration=40, epochs=2,
              batch_size=32, bnt_batches=2)
 SPARSITIES = "0.5,0.7,0.8,0.9,0.95"
-
-
-def _run(argv: list[str], log) -> None:
-    shown = " ".join(shlex.quote(a) for a in argv).replace(sys.executable, "python")
-    print(f"\n$ {shown}", flush=True)
-    log.write(f"$ {shown}\n")
-    log.flush()
-    # bytes, not text: the log keeps the output exactly as written (text mode would turn a
-    # progress bar's carriage returns into line ends). Into a pipe, our progress comes as plain
-    # lines (ffcv_cram.progress), so there are no bar frames to filter out.
-    proc = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output = proc.stdout.decode(errors="replace")
-    log.write(output)
-    kept = [line for line in output.split("\n") if line.strip()]
-    print("\n".join(kept[-25:]), flush=True)
-    if proc.returncode != 0:
-        sys.exit(f"demo step failed (exit {proc.returncode}); full output in {log.name}")
+DATA_OUTPUTS = ["shapes", "train.beton", "val.beton", "calib.beton"]  # of data_commands, in order
+OVERWRITE = {"shapes": "--overwrite"}  # the flag that replaces an output (write_datasets.py's: default)
 
 
 def data_commands(py: str, out: Path, size: dict) -> list[list[str]]:
@@ -72,36 +61,79 @@ def train_command(py: str, out: Path, size: dict, device: str, folder: Path, *ex
             f"--logging.folder={folder}", *extra]
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops the demo like Ctrl-C
+
+
+def _data_step(folder: DemoFolder, output: str, argv: list[str], log) -> None:
+    """Run one data command unless an earlier run finished it. An output without the record
+    (the run stopped between writing it and recording it) is replaced: the writers refuse to
+    overwrite unless told."""
+    path = folder.path / output
+    if folder.done(output):
+        line = f"skip: {path} (written by an earlier run of the demo)"
+        print(f"\n{line}", flush=True)
+        log.write(f"{line}\n".encode())
+        return
+    if path.exists():
+        argv = argv + [OVERWRITE.get(output, "--cfg.overwrite=1")]
+    run_step(output, argv, ROOT, log)
+    folder.finish(output)
+
+
+def _steps(folder: DemoFolder, size: dict, device: str, log) -> None:
+    out, py = folder.path, sys.executable
+    for output, argv in zip(DATA_OUTPUTS, data_commands(py, out, size)):
+        _data_step(folder, output, argv, log)
+    # the trainers resume an unfinished run and say "nothing to do" for a finished one
+    for name, optimizer in [("cram", "cram"), ("sgd", "sgd")]:
+        run_step(f"train_cifar.py (runs/{name})",
+                 train_command(py, out, size, device, out / "runs" / name,
+                               f"--training.optimizer={optimizer}"), ROOT, log)
+    run_step("eval_sparse.py", [
+        py, "eval_sparse.py",
+        f"--eval.checkpoint={out / 'runs/cram/final_weights.pt'},{out / 'runs/sgd/final_weights.pt'}",
+        "--eval.labels=CrAM+,SGD", "--model.arch=resnet20", "--data.style=cifar",
+        f"--data.val_dataset={out / 'val.beton'}", f"--data.calib_dataset={out / 'calib.beton'}",
+        "--prune.method=global,nm", f"--prune.sparsities={SPARSITIES}", "--prune.nm=2:4",
+        f"--bnt.batches={size['bnt_batches']}", f"--eval.device={device}",
+        f"--out.dir={out / 'sweep'}"], ROOT, log)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="demo_out", help="output folder (replaced)")
+    parser.add_argument("--out", default="demo_out",
+                        help="output folder: new, empty, or an earlier demo's (resumed)")
     parser.add_argument("--quick", action="store_true", help="reduced size (seconds, for tests)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = parser.parse_args(argv)
-    size = QUICK if args.quick else FULL
-    out = Path(args.out).resolve()
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    py = sys.executable
+    signal.signal(signal.SIGTERM, _interrupt)
     start = time.perf_counter()
-    with open(out / "demo.log", "w", newline="") as log:
-        for argv in data_commands(py, out, size):
-            _run(argv, log)
-        for name, optimizer in [("cram", "cram"), ("sgd", "sgd")]:
-            _run(train_command(py, out, size, args.device, out / "runs" / name,
-                               f"--training.optimizer={optimizer}"), log)
-        _run([py, "eval_sparse.py",
-              f"--eval.checkpoint={out / 'runs/cram/final_weights.pt'},{out / 'runs/sgd/final_weights.pt'}",
-              "--eval.labels=CrAM+,SGD", "--model.arch=resnet20", "--data.style=cifar",
-              f"--data.val_dataset={out / 'val.beton'}", f"--data.calib_dataset={out / 'calib.beton'}",
-              "--prune.method=global,nm", f"--prune.sparsities={SPARSITIES}", "--prune.nm=2:4",
-              f"--bnt.batches={size['bnt_batches']}", f"--eval.device={args.device}",
-              f"--out.dir={out / 'sweep'}"], log)
-    rows = json.loads((out / "sweep" / "results.json").read_text())
-    print(summary(rows))
-    print(f"\nplot: {out / 'sweep' / 'accuracy_vs_sparsity.png'}")
+    try:
+        out = _demo(Path(args.out).resolve(), args.quick, args.device)
+    except (FolderRefused, WriteError) as err:
+        fail(str(err))
+    except StepFailed as err:
+        fail(f"{err.step} failed (exit {err.code}); its output is above and in "
+             f"{Path(args.out).resolve() / 'demo.log'}", 1)
+    except (Interrupted, KeyboardInterrupt) as err:
+        during = f" during {err.step}" if isinstance(err, Interrupted) else ""
+        fail(f"interrupted{during}; finished steps are kept: run the same command again to "
+             "resume", 130)
     print(f"everything (datasets, runs, logs, results): {out}   ({time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def _demo(path: Path, quick: bool, device: str) -> Path:
+    """Every step into `path`, then the summary."""
+    folder = DemoFolder.open(path, "quick" if quick else "full")
+    with open(path / "demo.log", "ab") as log:  # appended: a resumed run keeps the earlier lines
+        log.write(f"=== demo started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        _steps(folder, QUICK if quick else FULL, device, log)
+    rows = json.loads((path / "sweep" / "results.json").read_text())
+    print(summary(rows))
+    print(f"\nplot: {path / 'sweep' / 'accuracy_vs_sparsity.png'}")
+    return path
 
 
 def summary(rows: list[dict]) -> str:

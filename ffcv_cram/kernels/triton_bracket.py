@@ -74,6 +74,7 @@ PICK_SCAN = 4096                # counters the pick reads per step
 BUCKET = 256                    # candidates a chunk keeps in its own bucket (~1 % of 4096 is usual)
 SPILL_PER_CHUNK = 64            # more go to a shared spill area (one atomic per such chunk) of this
 SPILL_MIN = 1 << 16             # many entries per chunk of the plan, at least SPILL_MIN
+MAX_ELEMENTS = 1 << 31          # chunk * BLOCK + lane is an int32 here: larger layouts take radix
 TIE_CAP = 1024                  # more ties than this to order: the exact fallback
 Z_SCORE, MIN_SLACK = 6.0, 64    # bracket half-width in sample ranks: Z sd + MIN_SLACK
 FALLBACK_LANES = 256            # the fallback's block: one program, registers shared with the rest
@@ -500,6 +501,11 @@ class Workspace:
 
 
 _workspaces: dict = {}
+
+
+def fits(num_chunks: int) -> bool:
+    """Whether a layout of this many chunks keeps every chunk * BLOCK + lane within int32."""
+    return num_chunks * BLOCK <= MAX_ELEMENTS
 
 
 def workspace(device: torch.device, chunks: int) -> Workspace:

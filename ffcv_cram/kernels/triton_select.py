@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from . import triton_chunk as ck
+from . import triton_bracket
 from .triton_bracket import BracketPlan
 from .triton_layout import Layout, aligned, layout, pointers, small_table
 
@@ -296,8 +297,10 @@ def select(tensors, groups, counts, masks, zero: bool, perturb: Perturbation | N
 
 
 def bracket_applies(plan: Layout, zero: bool, perturb: bool) -> bool:
-    """The bracket select takes one group, and zeroes pruned weights only in the CrAM step."""
-    return plan.num_groups == 1 and (perturb or not zero)
+    """The bracket select takes one group of at most 2**31 elements (its offsets are int32), and
+    zeroes pruned weights only in the CrAM step."""
+    return (plan.num_groups == 1 and (perturb or not zero)
+            and triton_bracket.fits(plan.num_chunks))
 
 
 def run_selection(plan: Layout, tensors, groups, keys, mask_table, counts, zero: bool, fused,
@@ -305,8 +308,9 @@ def run_selection(plan: Layout, tensors, groups, keys, mask_table, counts, zero:
     """`select` on prepared tables; `fused` as `_perturbation_args` returns it (or None)."""
     applies = bracket_applies(plan, zero, fused is not None)
     if method == "bracket" and not applies:
-        raise ValueError("the bracket select takes one selection group, and zeroes pruned "
-                         "weights only together with the CrAM perturbation")
+        raise ValueError("the bracket select takes one selection group of at most 2**31 "
+                         "elements, and zeroes pruned weights only together with the CrAM "
+                         "perturbation")
     if method != "radix" and applies:
         is_aligned = aligned(keys, mask_table) and (fused is None or fused[2])
         bracket_plan(plan, tensors, groups, keys.table.device).run(

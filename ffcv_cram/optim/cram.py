@@ -143,15 +143,17 @@ class _CompressedTwoPass(TwoPassOptimizer):
         # replay that reads these gradients (through the plan's table)
         grads = [p.grad for p in moved]
         plan.use_gradients(grads, second=True)
-        if plan.d is None:
-            plan.d = plan.table([self.buffer(p, "g" if self.plus_version else "d")
-                                 for p in moved])
+        if plan.d is None:  # its own buffer, not saved g: .grad points at it after the step
+            plan.d = plan.table([self.buffer(p, "d") for p in moved])
         buffers, table = plan.d
 
         def launches():
             plan.finish(self.sparse_grad, out=table)
             graphs.base_step(buffers, moved)
         self._launch(self._second_key, plan, launches)
+        for p, d in zip(moved, buffers):  # a replay leaves .grad as an eager step does: d
+            if p.grad is not d:
+                p.grad = d
 
     @torch.no_grad()
     def one_pass_step(self, zero_grad: bool = False) -> None:
@@ -378,7 +380,7 @@ class TopkCrAM(_CompressedTwoPass):
         if dense is not None and scope != "uniform":
             raise ValueError("dense: only with scope='uniform' (global compresses every tensor "
                              "of rank > 1)")
-        self.sparsities = _sparsity_list(sparsities)
+        self.sparsities = sparsities
         self.scope = scope
         self.last_sparsity: float | None = None
         super().__init__(params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
@@ -389,6 +391,14 @@ class TopkCrAM(_CompressedTwoPass):
             ranked = [p for p in self._params() if p.dim() > 1]
             dense = ranked[:1] + ranked[-1:]
         self._dense = {id(p) for p in dense or ()}  # by identity: tensors compare elementwise
+
+    @property
+    def sparsities(self) -> tuple[float, ...]:
+        return self._sparsities
+
+    @sparsities.setter
+    def sparsities(self, values) -> None:  # (captured graphs are keyed by the value drawn)
+        self._sparsities = _sparsity_list(values)
 
     def _compresses(self, p: torch.Tensor) -> bool:
         return p.dim() > 1 and id(p) not in self._dense
@@ -413,7 +423,9 @@ class TopkCrAM(_CompressedTwoPass):
             counts = plan.counts[self.last_sparsity] = selection_groups(
                 prunable, self.last_sparsity, self.scope)[1]
             plan.prepare(counts)
-        self._launch(("first", index), plan, lambda: plan.perturb_and_select(counts, inv_norm))
+        # keyed by the sparsity, not its index: the graph bakes in its prune counts
+        self._launch(("first", self.last_sparsity), plan,
+                     lambda: plan.perturb_and_select(counts, inv_norm))
         return plan.masks
 
 
@@ -429,16 +441,26 @@ class NMTopkCrAM(_CompressedTwoPass):
                  sparse_grad: bool = True, seed: int = 0, kernels: bool | None = None,
                  interval: int = 1, reuse: bool = False, second_pass_fraction: float = 1.0,
                  start_step: int = 0, ramp_steps: int = 0, **base_kwargs):
-        if isinstance(patterns, str) or (len(patterns) == 2 and all(isinstance(x, int) for x in patterns)):
-            patterns = (patterns,)
-        self.patterns = tuple(parse_pattern(p) for p in patterns)
-        if not self.patterns:
-            raise ValueError("patterns: must list at least one N:M pattern, e.g. ((2, 4), (4, 8))")
+        self.patterns = patterns
         self.last_pattern: tuple[int, int] | None = None
         super().__init__(params, base_optimizer, rho, grad_norm, plus_version, sparse_grad, seed,
                          kernels, interval=interval, reuse=reuse,
                          second_pass_fraction=second_pass_fraction, start_step=start_step,
                          ramp_steps=ramp_steps, **base_kwargs)
+
+    @property
+    def patterns(self) -> tuple[tuple[int, int], ...]:
+        return self._patterns
+
+    @patterns.setter
+    def patterns(self, values) -> None:  # (captured graphs are keyed by the pattern drawn)
+        one = len(values) == 2 and all(isinstance(x, int) for x in values)  # (2, 4) alone
+        if isinstance(values, str) or one:
+            values = (values,)
+        patterns = tuple(parse_pattern(p) for p in values)
+        if not patterns:
+            raise ValueError("patterns: must list at least one N:M pattern, e.g. ((2, 4), (4, 8))")
+        self._patterns = patterns
 
     def _compress(self, prunable):
         self.last_pattern = self.patterns[self.draw(len(self.patterns))]
@@ -457,7 +479,7 @@ class NMTopkCrAM(_CompressedTwoPass):
         def launches():
             plan.perturb(inv_norm)
             plan.nm_compress(n, m)
-        self._launch(("first", index), plan, launches)
+        self._launch(("first", (n, m)), plan, launches)  # the pattern, not its index: baked in
         plan.step_masks = nm.step_masks
         self._second_key = ("second", m)  # the finish reads the masks of groups of m
         return nm.masks

@@ -18,7 +18,12 @@ What makes the captured launches valid in later steps:
   the learning rate is representable in float32, and is otherwise within that rounding;
 - a change of the plan (other parameters, gradients of another alignment), of the hyper-
   parameters baked into the base optimizer's launch, or a loaded state_dict (new momentum
-  buffers) captures anew.
+  buffers) captures anew. The first half is keyed by the sparsity (or pattern) itself, so new
+  `sparsities` or `patterns` assigned after a capture get graphs of their own. No capture runs
+  while a momentum buffer is missing (a state_dict loaded without them): that step runs eagerly
+  and makes them, as the fused SGD's first step would otherwise be baked in for good;
+- after every step `.grad` of the moved parameters is the buffer holding d (warm-up, capture and
+  replay alike), so a replay leaves the same gradient as an eager step.
 The fused base optimizer is required (torch.optim.SGD(fused=True), as `make_optimizer` builds
 on CUDA): its foreach form reads a tensor learning rate back to the host.
 """
@@ -63,8 +68,20 @@ class StepGraphs:
         full_key = self._key(key, plan)
         graph = self.graphs.get(full_key)
         if graph is None:
+            if self._momentum_missing(plan.params):
+                launches()  # this eager step makes them; the capture waits for the next one
+                return
             graph = self.graphs[full_key] = self._capture(launches)
         graph.replay()
+
+    def _momentum_missing(self, params) -> bool:
+        """Whether a parameter lacks its momentum buffer (a loaded state without them): the
+        fused SGD would then bake its first step (buf = grad) into the graph for good."""
+        moved = {id(p) for p in params}
+        state = self.optimizer.base_optimizer.state
+        return any(group.get("momentum") and id(p) in moved
+                   and state.get(p, {}).get("momentum_buffer") is None
+                   for group in self.optimizer.param_groups for p in group["params"])
 
     def _capture(self, launches) -> torch.cuda.CUDAGraph:
         if self.pool is None:

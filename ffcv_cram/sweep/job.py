@@ -186,5 +186,5 @@ def _sweep(cfg, ctx: Context, checkpoints, points, labels, momentum, num_classes
     if not ctx.is_main:
         return None
     rows = rows_of(items, results, labels, cfg["eval"]["checkpoint"])
-    paths = write_reports(rows, cfg["out"]["dir"])
+    paths = write_reports(rows, cfg["out"]["dir"], cfg["model"]["arch"])
     return rows, paths, text_table(rows) + notes

@@ -1,0 +1,79 @@
+"""The bracket select on the weights that miss its fast path (issue 30): all zero, all equal,
+more ties than TIE_CAP, already-pruned weights pruned to a lower sparsity -- masks (and zeroed
+weights) exactly the torch path's; and layouts beyond int32 offsets routed to the radix path."""
+import pytest
+import torch
+
+from ffcv_cram.kernels import triton_bracket, triton_select
+from ffcv_cram.sparsity.masks import magnitude_masks, selection_groups
+from test_bracket_select import (assert_clean, assert_masks_equal_torch_path,  # noqa: F401
+                                 fresh_plans, plan_of)
+from test_triton_kernels import DEVICES
+
+
+def shaped(values, device):
+    """A channels_last conv weight, a vector and a matrix (row-major and memory order differ)."""
+    a, b, c = values[:288], values[288:589], values[589:]
+    return [a.reshape(8, 4, 3, 3).contiguous(memory_format=torch.channels_last).to(device),
+            b.to(device), c.reshape(7, -1).to(device)]
+
+
+def already_pruned(seed, sparsity=0.9, n=1289):
+    """Gaussian weights of which `sparsity` of the smallest are exact zeros (both signs)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, generator=g)
+    w[w.abs().argsort()[:round(sparsity * n)]] *= 0.0  # (-0.0 among them: magnitude 0 too)
+    return w
+
+
+WEIGHTS = {  # 1,289 weights each: more ties at the threshold than TIE_CAP (1,024)
+    "all_zero": lambda: torch.zeros(1289),
+    "all_equal": lambda: torch.full((1289,), -0.375),
+    "ties_beyond_cap": lambda: torch.cat([torch.full((1100,), 0.5), torch.randn(189) * 4]),
+    "pruned_90": lambda: already_pruned(0),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("weights", list(WEIGHTS))
+@pytest.mark.parametrize("sparsity", [0.5, 0.3])
+def test_masks_of_tied_weights_equal_torch_path(device, weights, sparsity):
+    tensors = shaped(WEIGHTS[weights](), device)
+    masks = magnitude_masks(tensors, sparsity, kernels=True)
+    assert_masks_equal_torch_path(tensors, masks, sparsity)
+    space = plan_of(tensors).workspace
+    assert int(space.misses) == 1  # past the fast path: the exact fallback decides
+    assert_clean(space)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("weights", ["all_equal", "pruned_90"])
+def test_zeroing_select_of_tied_weights_equals_torch_path(device, weights):
+    # the CrAM step's select: pruned weights zeroed in place (rho = 0: w unmoved)
+    tensors = shaped(WEIGHTS[weights](), device)
+    expected = magnitude_masks([t.cpu() for t in tensors], 0.5, kernels=False)
+    zeroed = [t.cpu() * m for t, m in zip(tensors, expected)]
+    groups, counts = selection_groups(tensors, 0.5, "global")
+    masks = [torch.empty_like(t, dtype=torch.bool) for t in tensors]
+    perturb = triton_select.Perturbation([torch.zeros_like(t) for t in tensors],
+                                         [torch.empty_like(t) for t in tensors], None,
+                                         [0.0] * len(tensors))
+    triton_select.select(tensors, groups, counts, masks, zero=True, perturb=perturb,
+                         method="bracket")
+    for x, y, mask, t in zip(expected, zeroed, masks, tensors):
+        assert torch.equal(x, mask.cpu()) and torch.equal(y, t.cpu())
+
+
+def test_layouts_beyond_int32_offsets_take_the_radix_path(monkeypatch):
+    # the route a layout of over 2**31 elements takes, at a limit small enough to run here:
+    # these three tensors are three chunks, one more than the limit lets the bracket address
+    monkeypatch.setattr(triton_bracket, "MAX_ELEMENTS", 2 * triton_bracket.BLOCK)
+    tensors = shaped(torch.randn(680), "cpu")
+    groups, counts = selection_groups(tensors, 0.5, "global")
+    masks = [torch.empty_like(t, dtype=torch.bool) for t in tensors]
+    with pytest.raises(ValueError, match="at most 2\\*\\*31 elements"):
+        triton_select.select(tensors, groups, counts, masks, zero=False, method="bracket")
+    triton_select.select(tensors, groups, counts, masks, zero=False)
+    assert getattr(triton_select.layout(tensors, groups, triton_select.BLOCK), "bracket",
+                   None) is None
+    assert_masks_equal_torch_path(tensors, masks, 0.5)
