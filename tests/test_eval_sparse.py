@@ -170,6 +170,7 @@ def test_bnt_recomputes_statistics_of_the_pruned_model_and_lowers_calibration_lo
                                               epochs=epochs, warmup_epochs=1)
             step(x, y)
     calibration = [(x.clone(), y.clone()) for x, y in train][:10]
+    dense = calibration_loss(model, calibration)
     dense_means = {n: m.running_mean.clone() for n, m in model.named_modules()
                    if isinstance(m, torch.nn.BatchNorm2d)}
     prune_model(model, "global", 0.8)
@@ -183,9 +184,10 @@ def test_bnt_recomputes_statistics_of_the_pruned_model_and_lowers_calibration_lo
             assert torch.allclose(m.running_mean, mean, rtol=1e-4, atol=1e-5), name
             assert torch.allclose(m.running_var, var, rtol=1e-4, atol=1e-5), name
             assert not torch.allclose(m.running_mean, dense_means[name], rtol=1e-2, atol=1e-3)
-    print(f"calibration loss after pruning to 80 %: {pruned:.3f}, after BNT {tuned:.3f}")
-    # MARGIN
-    assert tuned < 0.5 * pruned, (pruned, tuned)
+    print(f"calibration loss dense {dense:.3f}, pruned to 80 % {pruned:.3f}, after BNT {tuned:.3f}")
+    # BNT wins back most of the loss pruning added. Measured with seeds 0-9 (model and data order):
+    # pruning added 0.45-4.7; BNT won back 70-93 % of it (this test, on this machine: 92 %)
+    assert pruned > dense and pruned - tuned >= 0.5 * (pruned - dense), (dense, pruned, tuned)
 
 
 def test_last_batches_of_one_sample(tmp_path):
