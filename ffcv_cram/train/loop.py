@@ -112,7 +112,7 @@ def _resident_loaders(cfg: dict, ctx: Context):
 
 
 def _loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
-    d, t = cfg["data"], cfg["training"]
+    d = cfg["data"]
     try:
         train, val = (_resident_loaders(cfg, ctx) if d.get("resident")
                       else _ffcv_loaders(cfg, style, ctx, start_epoch))
