@@ -57,11 +57,15 @@ def _links(page: Path) -> list[str]:
 
 def _declared_options() -> set[tuple[str, str]]:
     """(section, key) of every `Section("section", ...).params(key=Param(...))` in the scripts
-    and the package."""
+    and the package, and of every "section.key" string there (accepted aliases, defaults)."""
     declared = set()
     for source in [*ROOT.glob("*.py"), *(ROOT / "ffcv_cram").rglob("*.py")]:
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                dotted = re.fullmatch(r"([a-z_]+)\.([a-z_0-9]+)", node.value)
+                if dotted:
+                    declared.add(dotted.groups())
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr == "params" and isinstance(node.func.value, ast.Call)
                     and getattr(node.func.value.func, "id", None) == "Section"
                     and node.func.value.args
