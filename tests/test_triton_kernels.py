@@ -13,7 +13,7 @@ import torchvision
 from ffcv_cram import NMTopkCrAM, TopkCrAM
 from ffcv_cram.kernels.triton_layout import same_layout
 from ffcv_cram.optim import cram
-from ffcv_cram.optim.cram import fused_step_misfit
+from ffcv_cram.optim.fused import fused_step_misfit
 from ffcv_cram.sparsity.masks import compress_, magnitude_masks, nm_masks, prunable_weights
 from nets import SmallConvNet, batch
 
