@@ -75,7 +75,7 @@ class FusedStep:
     def report_fallback(self, device, reason: str) -> None:
         """Say once per optimizer why CUDA parameters take the torch path, which waits for the
         host several times per step (elsewhere the torch path is the expected one)."""
-        if self._fallback_reported or device.type != "cuda":
+        if self._fallback_reported or not _fallback_matters(device):
             return
         self._fallback_reported = True
         warnings.warn(f"{type(self.optimizer).__name__}: the fused Triton step does not apply "
@@ -192,3 +192,7 @@ def fused_step_misfit(params, explicit: bool = False) -> str | None:
             return (f"a gradient laid out unlike its parameter (shape {tuple(p.shape)}: strides "
                     f"{p.grad.stride()} and {p.stride()})")
     return None
+
+
+def _fallback_matters(device: torch.device) -> bool:
+    return device.type == "cuda"
