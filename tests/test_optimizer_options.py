@@ -1,4 +1,4 @@
-"""OptimizerOptions: the trainer's optimizer settings, checked once and handed to make_optimizer whole."""
+"""OptimizerOptions: the trainer's optimizer settings, checked once, passed down whole."""
 import dataclasses
 
 import pytest

@@ -85,12 +85,12 @@ class _CompressedTwoPass(TwoPassOptimizer):
 
     @property
     def _plan(self):
-        """The fused step's StepPlan (None before its first step)."""
+        """The fused step's StepPlan (None before its first step; tests and benchmarks look)."""
         return self._fused_step.plan
 
     @property
     def _graphs(self):
-        """The CUDA graphs of the fused step (None without cuda_graph=True)."""
+        """The fused step's CUDA graphs (None without cuda_graph=True; tests, benchmarks look)."""
         return self._fused_step.graphs
 
     # -- the cost options ----------------------------------------------------------------------
@@ -122,6 +122,7 @@ class _CompressedTwoPass(TwoPassOptimizer):
         self.last_step_compressed = True
         self._fused_step.count_full_step()
 
+    # -- the fused path's halves (optim/fused.py; CUDA graphs: optim/graphs.py) ----------------
     def _base_step(self) -> None:
         self._fused_step.base_step()
 

@@ -43,7 +43,7 @@ class OptimizerOptions:
     ramp_steps: int = 0
 
     def __post_init__(self):
-        for name in ("sparsities", "patterns"):  # lists (from a config) as tuples: frozen means frozen
+        for name in ("sparsities", "patterns"):  # a config's lists as tuples: frozen all through
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.method not in METHODS:
