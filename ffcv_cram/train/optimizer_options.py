@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..choices import METHODS
 
-TWO_PASS_CRAM = ("cram", "cram_nm")
+CRAM_METHODS = ("cram", "cram_nm")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,12 +48,12 @@ class OptimizerOptions:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}: must be one of {', '.join(METHODS)}")
-        if self.method not in TWO_PASS_CRAM and (
+        if self.method not in CRAM_METHODS and (
                 self.interval != 1 or self.reuse or self.second_pass_fraction != 1
                 or self.start_step or self.ramp_steps):
             raise ValueError(f"interval, reuse, second_pass_fraction, start_step and ramp_steps "
                              f"apply to cram and cram_nm, not {self.method}")
-        if self.method not in TWO_PASS_CRAM and self.cuda_graph:
+        if self.method not in CRAM_METHODS and self.cuda_graph:
             raise ValueError(f"cuda_graph=True applies to cram and cram_nm, not {self.method}")
 
     @classmethod
