@@ -105,6 +105,7 @@ def step_times(names: list[str], rounds: int) -> dict:
     import torch
 
     from ffcv_cram.models import get_model
+    from ffcv_cram.train.optimizer_options import OptimizerOptions
     from ffcv_cram.train.step import TrainStep, make_optimizer
     torch.set_num_threads(THREADS["n"])
     torch.manual_seed(0)
@@ -116,11 +117,11 @@ def step_times(names: list[str], rounds: int) -> dict:
         flags = dict(f.lstrip("-").split("=") for f in SETTINGS[name])
         method = flags.get("training.optimizer", "cram")
         model = copy.deepcopy(base)
-        opt = make_optimizer(method, model.parameters(), lr=0.01, momentum=0.9,
-                             weight_decay=5e-4, rho=0.05, sparsities=(0.5, 0.7, 0.8, 0.9, 0.95),
-                             interval=int(flags.get("cram.interval", 1)),
-                             reuse=flags.get("cram.reuse") == "1",
-                             second_pass_fraction=float(flags.get("cram.second_pass_fraction", 1)))
+        opt = make_optimizer(model.parameters(), OptimizerOptions(
+            method=method, lr=0.01, momentum=0.9, weight_decay=5e-4, rho=0.05,
+            sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), interval=int(flags.get("cram.interval", 1)),
+            reuse=flags.get("cram.reuse") == "1",
+            second_pass_fraction=float(flags.get("cram.second_pass_fraction", 1))))
         step = TrainStep(model, opt, method)
 
         def four(step=step):

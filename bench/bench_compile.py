@@ -25,6 +25,7 @@ from torch._dynamo.utils import counters
 
 from ffcv_cram.models import get_model
 from ffcv_cram.models.compiled import COMPILE_MODES, compile_model, graph_count
+from ffcv_cram.train.optimizer_options import OptimizerOptions
 from ffcv_cram.train.step import TrainStep, make_optimizer
 
 from common import interleaved, save_result, table
@@ -39,8 +40,9 @@ def tiny_net(classes):
 
 def build(method, base, amp, device, mode=None):
     model = copy.deepcopy(base)
-    opt = make_optimizer(method, model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
-                         rho=0.05, sparsities=(0.5, 0.7, 0.9))
+    opt = make_optimizer(model.parameters(), OptimizerOptions(
+        method=method, lr=0.1, momentum=0.9, weight_decay=1e-4, rho=0.05,
+        sparsities=(0.5, 0.7, 0.9)))
     return TrainStep(compile_model(model, mode) if mode else model, opt, method, amp, device=device)
 
 

@@ -30,6 +30,7 @@ from ffcv_cram.data.pipelines import ImageLoader  # noqa: E402
 from ffcv_cram.data.resident import ResidentLoader  # noqa: E402
 from ffcv_cram.data.writer import write_beton  # noqa: E402
 from ffcv_cram.models import get_model  # noqa: E402
+from ffcv_cram.train.optimizer_options import OptimizerOptions  # noqa: E402
 from ffcv_cram.train.step import TrainStep, make_optimizer  # noqa: E402
 
 
@@ -107,8 +108,8 @@ def main(argv=None) -> int:
                 step = None
                 if mode == "train":
                     model = copy.deepcopy(base)
-                    opt = make_optimizer("sgd", model.parameters(), lr=0.1, momentum=0.9,
-                                         weight_decay=5e-4)
+                    opt = make_optimizer(model.parameters(), OptimizerOptions(
+                        method="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4))
                     step = TrainStep(model, opt, "sgd", "bf16" if dtype == torch.bfloat16 else
                                      "none", device=device)
                 timers[name] = epoch_timer(loader, step, device)

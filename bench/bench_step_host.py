@@ -35,7 +35,7 @@ from ffcv_cram import NMTopkCrAM, TopkCrAM  # noqa: E402
 from ffcv_cram.atomic import write_text  # noqa: E402
 from ffcv_cram.kernels import triton_bracket, triton_layout  # noqa: E402
 from ffcv_cram.optim import graphs  # noqa: E402
-from ffcv_cram.optim.cram import fused_step_misfit  # noqa: E402
+from ffcv_cram.optim.fused import fused_step_misfit  # noqa: E402
 from ffcv_cram.progress import bar  # noqa: E402
 
 from common import RESULTS, save_result, table  # noqa: E402

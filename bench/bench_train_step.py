@@ -13,6 +13,7 @@ import copy
 import torch
 
 from ffcv_cram.models import get_model
+from ffcv_cram.train.optimizer_options import OptimizerOptions
 from ffcv_cram.train.step import TrainStep, make_optimizer
 
 from common import interleaved, ratio_stats, save_result, table
@@ -22,8 +23,9 @@ METHODS = {"sgd": "sgd", "sam": "sam", "cram+ global": "cram", "cram+ n:m": "cra
 
 def build(method, base, amp, device):
     model = copy.deepcopy(base)
-    opt = make_optimizer(method, model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
-                         rho=0.05, sparsities=(0.5, 0.7, 0.9))
+    opt = make_optimizer(model.parameters(), OptimizerOptions(
+        method=method, lr=0.1, momentum=0.9, weight_decay=1e-4, rho=0.05,
+        sparsities=(0.5, 0.7, 0.9)))
     return TrainStep(model, opt, method, amp, device=device)
 
 

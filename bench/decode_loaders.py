@@ -15,6 +15,7 @@ from ffcv_cram.data.encoding import Encoding
 from ffcv_cram.data.pipelines import IMAGENET_STD, ImageLoader
 from ffcv_cram.data.writer import write_beton
 from ffcv_cram.models import get_model
+from ffcv_cram.train.optimizer_options import OptimizerOptions
 from ffcv_cram.train.step import TrainStep, make_optimizer
 
 from decode_report import elapsed, say
@@ -195,8 +196,8 @@ def training(method, feeders: dict, args, device, share_end: float, hard_end: fl
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     model = get_model(args.model, 1000).to(device, memory_format=torch.channels_last)
-    optimizer = make_optimizer(method, model.parameters(), lr=0.1, momentum=0.9,
-                               weight_decay=5e-5, sparsities=(0.5, 0.7, 0.9))
+    optimizer = make_optimizer(model.parameters(), OptimizerOptions(
+        method=method, lr=0.1, momentum=0.9, weight_decay=5e-5, sparsities=(0.5, 0.7, 0.9)))
     step = TrainStep(model, optimizer, method, args.amp, device=device)
     x = torch.randn(args.batch_size, 3, args.resolution, args.resolution, device=device,
                     dtype=args.dtype).contiguous(memory_format=torch.channels_last)

@@ -12,6 +12,7 @@ from ffcv_cram import TopkCrAM
 from ffcv_cram.kernels.triton_select import select
 from ffcv_cram.optim.graphs import WARMUP_STEPS
 from ffcv_cram.sparsity.masks import magnitude_masks, selection_groups
+from ffcv_cram.train.optimizer_options import OptimizerOptions
 from ffcv_cram.train.step import TrainStep, make_optimizer
 
 from common import interleaved, ratio_stats
@@ -334,8 +335,8 @@ def step_ratio(arch, classes, batch, resolution, rounds, device, steps_per_call,
     for label, (method, graph) in methods.items():
         model = clone(base)
         extra = dict(cuda_graph=True) if graph else {}
-        opt = make_optimizer(method, model.parameters(), lr=0.1, momentum=0.9,
-                             weight_decay=5e-5, **extra)
+        opt = make_optimizer(model.parameters(), OptimizerOptions(
+            method=method, lr=0.1, momentum=0.9, weight_decay=5e-5, **extra))
         step = TrainStep(model, opt, method, amp, device=device)
 
         def call(step=step):

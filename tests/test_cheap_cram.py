@@ -14,6 +14,7 @@ from ffcv_cram import NMTopkCrAM, TopkCrAM
 from ffcv_cram.config import UsageError
 from ffcv_cram.train.cli import _check_cost_options
 from ffcv_cram.train.loop import config_differences
+from ffcv_cram.train.optimizer_options import OptimizerOptions
 from ffcv_cram.train.step import TrainStep, make_optimizer
 from nets import SmallConvNet, batch
 from test_cram_step import LR, MOMENTUM, RHO, WD, assert_same_state, grads_at
@@ -165,9 +166,9 @@ def _reused(opt):
 def test_fp16_overflow_skips_one_pass_and_full_steps_of_the_schedule():
     torch.manual_seed(0)
     model, _, _, x, y = setup("cram", "fp16")
-    opt = make_optimizer("cram", model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
-                         sparsities=(0.5, 0.7, 0.9), interval=2, reuse=True,
-                         second_pass_fraction=0.5)
+    opt = make_optimizer(model.parameters(), OptimizerOptions(
+        method="cram", lr=0.1, momentum=0.9, weight_decay=5e-4, sparsities=(0.5, 0.7, 0.9),
+        interval=2, reuse=True, second_pass_fraction=0.5))
     step = TrainStep(model, opt, "cram", "fp16")
     assert not step(x, y).skipped and opt.cram_steps == 1  # a full step: reused term stored
     reused = _reused(opt)
@@ -270,8 +271,9 @@ def test_bf16_step_with_the_options_never_synchronises():
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = SmallConvNet().to(device).to(memory_format=torch.channels_last)
-    opt = make_optimizer("cram", model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
-                         interval=2, reuse=True, second_pass_fraction=0.5)
+    opt = make_optimizer(model.parameters(), OptimizerOptions(
+        method="cram", lr=0.1, momentum=0.9, weight_decay=5e-4, interval=2, reuse=True,
+        second_pass_fraction=0.5))
     step = TrainStep(model, opt, "cram", "bf16", device=device)
     x, y = (v.to(device) for v in batch(n=16, dtype=torch.float32))
     x = x.contiguous(memory_format=torch.channels_last)

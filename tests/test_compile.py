@@ -19,6 +19,7 @@ from ffcv_cram import disable_running_stats, enable_running_stats
 from ffcv_cram.models.compiled import compile_model, graph_count, plain_module
 from ffcv_cram.sparsity import prune_model, tune_batchnorm
 from ffcv_cram.train.checkpoint import plain_state_dict
+from ffcv_cram.train.optimizer_options import OptimizerOptions
 from ffcv_cram.train.step import TrainStep, make_optimizer
 from nets import SmallConvNet, batch
 from test_train_step import InjectInf
@@ -39,8 +40,9 @@ def fresh_dynamo():
 
 
 def make_step(method, model, compiled, workers=None, amp="none"):
-    opt = make_optimizer(method, model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
-                         rho=0.05, sparsities=(0.5, 0.7, 0.9), seed=3)
+    opt = make_optimizer(model.parameters(), OptimizerOptions(
+        method=method, lr=0.1, momentum=0.9, weight_decay=5e-4, rho=0.05,
+        sparsities=(0.5, 0.7, 0.9), seed=3))
     net = compile_model(model, workers=workers) if compiled else model
     return TrainStep(net, opt, method, amp)
 

@@ -20,6 +20,7 @@ from ffcv_cram.models import get_model
 from ffcv_cram.runtime.evaluate import evaluate
 from ffcv_cram.sparsity import prune_model, tune_batchnorm
 from ffcv_cram.train.schedule import lr_at
+from ffcv_cram.train.optimizer_options import OptimizerOptions
 from ffcv_cram.train.step import TrainStep, make_optimizer
 from indexed import write_indexed
 
@@ -159,7 +160,8 @@ def test_bnt_recomputes_statistics_of_the_pruned_model_and_lowers_calibration_lo
     train = ImageLoader(str(tmp_path / "train.beton"), train=True, batch_size=64, style="cifar",
                         num_workers=1)
     model = get_model("resnet20", 10).to(memory_format=torch.channels_last)
-    opt = make_optimizer("sgd", model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt = make_optimizer(model.parameters(),
+                         OptimizerOptions(method="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4))
     step = TrainStep(model, opt, "sgd")
     epochs = 6
     for epoch in range(epochs):

@@ -11,14 +11,15 @@ from ffcv_cram.data.augment import batch_generator, flip_translate
 from ffcv_cram.models import get_model
 from ffcv_cram.models.blurpool import BlurConv2d
 from ffcv_cram.train.epoch_totals import EpochTotals
+from ffcv_cram.train.optimizer_options import OptimizerOptions
 from ffcv_cram.train.step import TrainStep, make_optimizer
 
 
 def setup(device, amp, blurpool=False):
     torch.manual_seed(0)
     model = get_model("resnet20", 10, blurpool=blurpool).to(device, memory_format=torch.channels_last)
-    opt = make_optimizer("cram", model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
-                         sparsities=(0.5, 0.7, 0.9))
+    opt = make_optimizer(model.parameters(), OptimizerOptions(
+        method="cram", lr=0.1, momentum=0.9, weight_decay=5e-4, sparsities=(0.5, 0.7, 0.9)))
     step = TrainStep(model, opt, "cram", amp, label_smoothing=0.1, device=device)
     x = torch.randn(16, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     return opt, step, x, torch.randint(0, 10, (16,), device=device)

@@ -6,14 +6,15 @@ import torch
 
 from ffcv_cram.models import get_model
 from ffcv_cram.train.schedule import lr_at, resolution_at
+from ffcv_cram.train.optimizer_options import OptimizerOptions
 from ffcv_cram.train.step import TrainStep, make_optimizer, parameter_groups
 
 
 def setup(method="cram", amp="none"):
     torch.manual_seed(0)
     model = get_model("resnet20", 10).to(memory_format=torch.channels_last)
-    opt = make_optimizer(method, model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
-                         sparsities=(0.5, 0.7, 0.9))
+    opt = make_optimizer(model.parameters(), OptimizerOptions(
+        method=method, lr=0.1, momentum=0.9, weight_decay=5e-4, sparsities=(0.5, 0.7, 0.9)))
     x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     return model, opt, TrainStep(model, opt, method, amp), x, torch.randint(0, 10, (8,))
 
@@ -101,8 +102,8 @@ def test_lr_schedules_and_resolution_ramp():
 @pytest.mark.parametrize("method", ["sgd", "sam", "cram", "cram_nm"])
 def test_sgd_update_is_fused_on_cuda(method):
     model = get_model("resnet20", 10).cuda()
-    opt = make_optimizer(method, parameter_groups(model, 1e-4, decay_all=False), lr=0.1,
-                         momentum=0.9, weight_decay=1e-4)
+    opt = make_optimizer(parameter_groups(model, 1e-4, decay_all=False),
+                         OptimizerOptions(method=method, lr=0.1, momentum=0.9, weight_decay=1e-4))
     assert all(group["fused"] for group in opt.param_groups)
     step = TrainStep(model, opt, method, "bf16", device="cuda")
     step(torch.randn(8, 3, 32, 32, device="cuda"), torch.randint(0, 10, (8,), device="cuda"))

@@ -12,8 +12,8 @@ import torchvision
 
 from ffcv_cram import NMTopkCrAM, TopkCrAM
 from ffcv_cram.kernels.triton_layout import same_layout
-from ffcv_cram.optim import cram
-from ffcv_cram.optim.cram import fused_step_misfit
+from ffcv_cram.optim import fused
+from ffcv_cram.optim.fused import fused_step_misfit
 from ffcv_cram.sparsity.masks import compress_, magnitude_masks, nm_masks, prunable_weights
 from nets import SmallConvNet, batch
 
@@ -217,7 +217,7 @@ def test_fused_step_misfit_names_the_reason():
 
 def test_cuda_fallback_is_reported_once_with_its_reason(monkeypatch):
     # on CUDA the torch path synchronises with the host: say so, once (on the CPU it is expected)
-    monkeypatch.setattr(cram, "_fallback_matters", lambda device: True)
+    monkeypatch.setattr(fused, "_fallback_matters", lambda device: True)
     model = SmallConvNet().double()
     x, y = batch()
 

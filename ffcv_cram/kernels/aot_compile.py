@@ -57,7 +57,7 @@ def _run_host_code() -> None:
     """Every launch of the fused CrAM steps (TopkCrAM, NMTopkCrAM) and of the mask API."""
     import torch
 
-    from ..sparsity.masks import nm_groupable, selection_groups
+    from ..prune_groups import nm_groupable, selection_groups
     from .triton_nm import nm_select
     from .triton_select import select
     from .triton_step import Perturbation, finish, nm_compress, perturb, perturb_and_select

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..prune_groups import nm_groupable, selection_groups
 from . import triton_chunk as ck
 from .triton_layout import ALIGNMENT, Pointers, layout, small_table
 from .triton_nm import GROUPS_PER_PROGRAM, _grouping_view, _nm_select
@@ -93,13 +94,14 @@ class _Table:
 
 
 class StepPlan:
-    """The fused step's launches over one list of parameters.
+    """The fused step's launches over one list of parameters, and the state they share.
 
     params: the parameters moved this step (all with gradients); w_saves / g_saves: their
     buffers (g_saves None: g is not kept); masks: a bool buffer per prunable parameter, None for
     the others; rhos: rho per parameter; groups: selection group per parameter (-1: perturbed
-    only), as `masks.selection_groups` assigns them (TopkCrAM), or None (NMTopkCrAM: groups of
-    M per pattern instead).
+    only), as `prune_groups.selection_groups` assigns them (TopkCrAM), or None (NMTopkCrAM:
+    groups of M per pattern instead). The plan changes its own state only: the caller asks
+    through its methods (`describes`, `gradients_checked`, `prune_counts`, `use_nm_masks`, ...).
     """
 
     def __init__(self, params, w_saves, g_saves, masks, rhos, groups=None):
@@ -112,14 +114,15 @@ class StepPlan:
                         else None)
         self.mask_table = _Table(_addresses(masks), device).pointers
         self.step_masks = self.mask_table  # the masks of this step, aligned with params
+        self.rhos = list(rhos)
         self.rho = small_table(rhos, torch.float32, device)
         self.first_grads = self.second_grads = None  # set by `use_gradients`
         self.version = 0  # bumped when a kernel variant changes (captured graphs are stale)
         self.groups = groups
         self.layout = layout(params, groups, BLOCK) if groups is not None else None
-        self.counts: dict = {}  # prune counts per sparsity, filled by the optimizer
-        self.d = None  # (buffers, table) the finish writes d into, under CUDA graphs
-        self.checked_grads = None  # gradient addresses the optimizer last found fit
+        self._counts: dict = {}  # prune counts per sparsity
+        self._d = None  # (buffers, table) the finish writes d into with `into_d`
+        self._checked_grads = None  # gradient addresses last found fit for the fused step
         self.finish_layout = layout(params, [-1] * len(params), BLOCK)
         self._nm: dict = {}
 
@@ -127,6 +130,17 @@ class StepPlan:
         """Whether this plan still describes `params` (the same tensors at the same places)."""
         return (len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
                 and _addresses(params) == self.param_addresses)
+
+    def describes(self, params, rhos) -> bool:
+        """Whether this plan still describes `params` (`matches`) with these rho per parameter."""
+        return self.rhos == list(rhos) and self.matches(params)
+
+    def gradients_checked(self, addresses) -> bool:
+        """Whether gradients at these addresses were found fit (`mark_gradients_checked`)."""
+        return self._checked_grads == addresses
+
+    def mark_gradients_checked(self, addresses) -> None:
+        self._checked_grads = addresses
 
     def use_gradients(self, grads, second: bool = False, addresses=None) -> None:
         """The gradients of the first (perturbation) or second (finish) half (`addresses`:
@@ -165,6 +179,28 @@ class StepPlan:
             self.rho, self.rho, 0, 0, NBINS=1, ROW=1, FIRST=True, FINE=False, FINE_BINS=1,
             HIST=False, DIRECT=False, ALIGNED=is_aligned, **flags, BLOCK=BLOCK, **LAUNCH)
 
+    def prune_counts(self, sparsity: float, scope: str) -> list:
+        """The prune count of each selection group at `sparsity` (as `selection_groups` counts
+        them for `scope`), made ready on the device on first use (see `prepare`)."""
+        counts = self._counts.get(sparsity)
+        if counts is None:
+            prunable = [p for p, mask in zip(self.params, self.masks) if mask is not None]
+            counts = self._counts[sparsity] = selection_groups(prunable, sparsity, scope)[1]
+            self.prepare(counts)
+        return counts
+
+    def perturb_and_nm_compress(self, n: int, m: int, inv_norm=None) -> None:
+        """`perturb`, then `nm_compress`: the N:M first half."""
+        self.perturb(inv_norm)
+        self.nm_compress(n, m)
+
+    def use_nm_masks(self, m: int) -> list:
+        """Make the masks of groups of M this step's (what the finish reads: a replayed launch
+        sets nothing on the host); those masks, aligned with params (None: dense)."""
+        nm = self.nm_plan(m)
+        self.step_masks = nm.step_masks
+        return nm.masks
+
     def nm_plan(self, m: int) -> "_NMPlan":
         """The N:M launch's tables for groups of M (built on first use)."""
         nm = self._nm.get(m)
@@ -188,21 +224,24 @@ class StepPlan:
         else:
             radix_plan(self.layout, self.device).k_table(counts)
 
-    def table(self, buffers) -> tuple:
-        """(buffers, a device table of their addresses) owned by this plan."""
-        return list(buffers), _Table(_addresses(buffers), self.device).pointers
+    def d_buffers(self, make) -> list:
+        """The buffers `finish(..., into_d=True)` writes d into, made by `make()` on first use
+        and kept with their address table (a captured finish writes to the same place)."""
+        if self._d is None:
+            buffers = list(make())
+            self._d = buffers, _Table(_addresses(buffers), self.device).pointers
+        return self._d[0]
 
     # -- the second half -------------------------------------------------------------------------
-    def finish(self, sparse: bool, out=None) -> None:
+    def finish(self, sparse: bool, into_d: bool = False) -> None:
         """grad <- grad * mask (with `sparse`, where this step masked the parameter) + saved g
         (where kept);
-        w <- saved w. `out`: a table of other buffers to write the gradient into (default: the
-        gradients themselves)."""
+        w <- saved w. `into_d`: write the gradient into `d_buffers` instead of the gradients."""
         plan = self.finish_layout
         if plan.num_chunks == 0:
             return
         grads = self.second_grads.pointers
-        out = out or grads
+        out = self._d[1] if into_d else grads
         tables = (grads, self.keys, self.w_saves, self.g_saves or grads, self.step_masks, out)
         _finish[(plan.num_chunks,)](
             *(table.table for table in tables), plan.chunk_tensor, plan.chunk_start, plan.numel,
@@ -214,7 +253,6 @@ class _NMPlan:
     """The N:M launch over the parameters whose prunable weights split into groups of M."""
 
     def __init__(self, params, masks, m, device):
-        from ..sparsity.masks import nm_groupable
         self.masks = [mask if mask is not None and nm_groupable(p, m) else None
                       for p, mask in zip(params, masks)]
         self.step_masks = _Table(_addresses(self.masks), device).pointers

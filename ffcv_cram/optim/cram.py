@@ -20,7 +20,6 @@ Issue 27 adds two more (`cram_schedule`):
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -28,7 +27,8 @@ import torch
 from ..sparsity.masks import (check_sparsity, compress_, nm_masks,
                               parse_pattern, selection_groups)
 from .cram_schedule import check_schedule, is_full_step
-from .graphs import StepGraphs, graph_problem
+from .fused import FusedStep
+from .graphs import graph_problem
 from .two_pass import TwoPassOptimizer
 
 
@@ -36,9 +36,10 @@ class _CompressedTwoPass(TwoPassOptimizer):
     """Shared CrAM machinery; subclasses choose and apply this step's masks.
 
     Two implementations of the step, equal bit for bit: torch ops (any device and dtype), and
-    fused Triton passes (`ffcv_cram.kernels.triton_step`) for float32 parameters on CUDA, with no
-    host synchronisation. `kernels=None` picks the fused path when it applies, False forces torch
-    ops (also FFCV_CRAM_KERNELS=0), True requires the fused path (on the CPU: TRITON_INTERPRET=1).
+    fused Triton passes (`ffcv_cram.kernels.triton_step`, run by `optim.fused.FusedStep`) for
+    float32 parameters on CUDA, with no host synchronisation. `kernels=None` picks the fused path
+    when it applies, False forces torch ops (also FFCV_CRAM_KERNELS=0), True requires the fused
+    path (on the CPU: TRITON_INTERPRET=1).
 
     Cost options (module docstring). `interval=k`, `start_step`, `ramp_steps`: whether a step is
     a full CrAM step is a pure function of `cram_steps` (`cram_schedule.is_full_step`), the count of steps taken, saved in `state_dict` (so resumed runs
@@ -74,17 +75,23 @@ class _CompressedTwoPass(TwoPassOptimizer):
         self.last_step_compressed = False
         self.generator = torch.Generator().manual_seed(int(seed))
         self._step_masks: list[torch.Tensor | None] = []  # aligned with the moved parameters
-        self._fused = False
-        self._plan = None  # the fused step's StepPlan
-        self._grad_addresses = None  # of this step's first-pass gradients
-        self._fallback_reported = False
-        self._graphs = None
+        self._fused = False  # whether this step takes the fused path
         self._second_key = ("second",)  # the second half's graph: one per table of step masks
         if cuda_graph:
             problem = graph_problem(self)
             if problem is not None:
                 raise ValueError(problem)
-            self._graphs = StepGraphs(self)
+        self._fused_step = FusedStep(self, cuda_graph)
+
+    @property
+    def _plan(self):
+        """The fused step's StepPlan (None before its first step; tests and benchmarks look)."""
+        return self._fused_step.plan
+
+    @property
+    def _graphs(self):
+        """The fused step's CUDA graphs (None without cuda_graph=True; tests, benchmarks look)."""
+        return self._fused_step.graphs
 
     # -- the cost options ----------------------------------------------------------------------
     @property
@@ -113,47 +120,19 @@ class _CompressedTwoPass(TwoPassOptimizer):
         super().second_step(zero_grad)
         self.cram_steps += 1
         self.last_step_compressed = True
-        if self._graphs is not None:
-            self._graphs.full_steps += 1
+        self._fused_step.count_full_step()
 
-    # -- CUDA graphs (cuda_graph=True; see optim/graphs.py) ------------------------------------
-    def _launch(self, key, plan, launches) -> None:
-        """The fused step's launches, eagerly or through the graph captured for `key`."""
-        if self._graphs is None:
-            launches()
-        else:
-            self._graphs.run(key, plan, launches)
-
+    # -- the fused path's halves (optim/fused.py; CUDA graphs: optim/graphs.py) ----------------
     def _base_step(self) -> None:
-        if self._graphs is None:
-            self.base_optimizer.step()
-        else:  # the device learning rates in eager steps too: the same rounding as a replay
-            self._graphs.sync_lr()
-            self._graphs.base_step()
+        self._fused_step.base_step()
 
     def _finish_and_step(self, moved) -> None:
-        plan, graphs = self._plan, self._graphs
-        if (graphs is None or not self._fused or not moved
+        if (self._graphs is None or not self._fused or not moved
                 or any(p.grad is None for p in moved)):
             super()._finish_and_step(moved)
             return
-        # the finish writes d into the optimizer's buffers, which the captured base step reads
         self._step_masks = []
-        # held until the launches ran: a capture runs base_step's `p.grad = buffer` before the
-        # replay that reads these gradients (through the plan's table)
-        grads = [p.grad for p in moved]
-        plan.use_gradients(grads, second=True)
-        if plan.d is None:  # its own buffer, not saved g: .grad points at it after the step
-            plan.d = plan.table([self.buffer(p, "d") for p in moved])
-        buffers, table = plan.d
-
-        def launches():
-            plan.finish(self.sparse_grad, out=table)
-            graphs.base_step(buffers, moved)
-        self._launch(self._second_key, plan, launches)
-        for p, d in zip(moved, buffers):  # a replay leaves .grad as an eager step does: d
-            if p.grad is not d:
-                p.grad = d
+        self._fused_step.finish_and_step(moved, self.sparse_grad, self._second_key)
 
     @torch.no_grad()
     def one_pass_step(self, zero_grad: bool = False) -> None:
@@ -205,8 +184,7 @@ class _CompressedTwoPass(TwoPassOptimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        if self._graphs is not None:  # new momentum buffers: captured steps would miss them
-            self._graphs.invalidate()
+        self._fused_step.invalidate_graphs()
         self.cram_steps = int(state_dict.get("cram_steps", 0))
         params = self._params()
         for p in params:
@@ -216,10 +194,9 @@ class _CompressedTwoPass(TwoPassOptimizer):
             self.state[p]["reused"] = torch.empty_like(p).copy_(saved)
 
     def _perturb(self, groups, moved):
-        self._fused = bool(moved) and self._fused_path_applies(moved)
+        self._fused = bool(moved) and self._fused_step.applies(moved)
         if self._fused:
-            plan = self._fused_plan(groups, moved)
-            plan.use_gradients([p.grad for p in moved], addresses=self._grad_addresses)
+            plan = self._fused_step.plan_for(groups, moved)
             self._step_masks = self._perturb_and_compress_fused(plan, self._inv_grad_norm(moved))
             return
         self.save_weights(moved)
@@ -236,23 +213,6 @@ class _CompressedTwoPass(TwoPassOptimizer):
         masks = iter(self._compress(prunable))
         self._step_masks = [next(masks) if self._compresses(p) else None for p in moved]
 
-    def _fused_plan(self, groups, moved):
-        """The fused step's plan (tables, workspaces), rebuilt only when the moved parameters,
-        their places or rho change."""
-        from ..kernels.triton_step import StepPlan
-        rhos = [group["rho"] for group, params in groups for _ in params]
-        plan = self._plan
-        if plan is None or plan.rhos != rhos or not plan.matches(moved):
-            masks = [self.buffer(p, "mask", torch.bool) if self._compresses(p) else None
-                     for p in moved]
-            plan = self._plan = StepPlan(
-                moved, [self.buffer(p, "w") for p in moved],
-                [self.buffer(p, "g") for p in moved] if self._saves_grad() else None, masks,
-                rhos, self._selection_groups(masks))
-            plan.rhos = rhos
-            plan.checked_grads = self._grad_addresses  # (the caller checked them just now)
-        return plan
-
     def _selection_groups(self, masks):
         """Selection group of each moved parameter for the fused plan (None: no global/uniform
         selection, as in N:M)."""
@@ -265,49 +225,14 @@ class _CompressedTwoPass(TwoPassOptimizer):
     def _inv_grad_norm(self, moved):
         return 1.0 / (self.grad_norm(moved) + 1e-12) if self.use_grad_norm else None
 
-    def _fused_path_applies(self, moved) -> bool:
-        """Whether the fused step takes these parameters and their gradients: checked in full
-        when the plan or the gradients' addresses change, else known (the host time of a step)."""
-        if self.kernels is False:
-            return False
-        self._grad_addresses = tuple(p.grad.data_ptr() for p in moved)
-        plan = self._plan
-        if (plan is not None and plan.checked_grads == self._grad_addresses
-                and plan.matches(moved)):
-            return True
-        reason = fused_step_misfit(moved, explicit=self.kernels is True)
-        if reason is None:
-            if plan is not None:
-                plan.checked_grads = self._grad_addresses
-            return True
-        if self.kernels is True:
-            raise RuntimeError(
-                f"{type(self).__name__}(kernels=True): the fused step cannot run: {reason}. It "
-                "needs dense float32 parameters and gradients with at most 4 dims on one CUDA "
-                "device (on the CPU: TRITON_INTERPRET=1) and FFCV_CRAM_KERNELS not 0; pass "
-                "kernels=None to fall back")
-        self._report_fallback(moved[0].device, reason)
-        return False
-
-    def _report_fallback(self, device, reason: str) -> None:
-        """Say once per optimizer why CUDA parameters take the torch path, which waits for the
-        host several times per step (elsewhere the torch path is the expected one)."""
-        if self._fallback_reported or not _fallback_matters(device):
-            return
-        self._fallback_reported = True
-        warnings.warn(f"{type(self).__name__}: the fused Triton step does not apply ({reason}); "
-                      "the torch path runs instead, with several host synchronisations per step",
-                      RuntimeWarning, stacklevel=4)
-
     def _finish(self, moved):
         masks, self._step_masks = self._step_masks, []
         if self._fused and not self.reuse:  # (the fused finish cannot hand out the reused term)
             if all(p.grad is not None for p in moved):
-                self._plan.use_gradients([p.grad for p in moved], second=True)
-                self._plan.finish(self.sparse_grad)
+                self._fused_step.finish(moved, self.sparse_grad)
                 return
-            self._report_fallback(moved[0].device,
-                                  "a parameter got no gradient in the second pass")
+            self._fused_step.report_fallback(moved[0].device,
+                                             "a parameter got no gradient in the second pass")
         if self.sparse_grad:
             for p, mask in zip(moved, masks):
                 if mask is not None and p.grad is not None:
@@ -324,25 +249,6 @@ class _CompressedTwoPass(TwoPassOptimizer):
         """Fused path: perturb every moved parameter, compress the prunable ones (those with a
         mask buffer) through `plan`; return the masks used, aligned with `moved` (None: dense)."""
         raise NotImplementedError
-
-
-def fused_step_misfit(params, explicit: bool = False) -> str | None:
-    """Why the fused Triton step cannot take these parameters and their gradients (None: it can)."""
-    from ..kernels import triton_layout as layout
-    reason = layout.unusable_reason(params[0].device, explicit) or layout.misfit(params)
-    if reason is not None:
-        return reason
-    for p in params:
-        if p.grad.dtype != p.dtype:
-            return f"a {p.grad.dtype} gradient of a {p.dtype} parameter"
-        if not layout.same_layout(p.grad, p):
-            return (f"a gradient laid out unlike its parameter (shape {tuple(p.shape)}: strides "
-                    f"{p.grad.stride()} and {p.stride()})")
-    return None
-
-
-def _fallback_matters(device: torch.device) -> bool:
-    return device.type == "cuda"
 
 
 def _sparsity_list(sparsities) -> tuple[float, ...]:
@@ -417,15 +323,10 @@ class TopkCrAM(_CompressedTwoPass):
     def _perturb_and_compress_fused(self, plan, inv_norm):
         index = self.draw(len(self.sparsities))
         self.last_sparsity = self.sparsities[index]
-        counts = plan.counts.get(self.last_sparsity)
-        if counts is None:
-            prunable = [p for p, mask in zip(plan.params, plan.masks) if mask is not None]
-            counts = plan.counts[self.last_sparsity] = selection_groups(
-                prunable, self.last_sparsity, self.scope)[1]
-            plan.prepare(counts)
+        counts = plan.prune_counts(self.last_sparsity, self.scope)
         # keyed by the sparsity, not its index: the graph bakes in its prune counts
-        self._launch(("first", self.last_sparsity), plan,
-                     lambda: plan.perturb_and_select(counts, inv_norm))
+        self._fused_step.launch(("first", self.last_sparsity), plan.perturb_and_select, counts,
+                                inv_norm)
         return plan.masks
 
 
@@ -474,12 +375,8 @@ class NMTopkCrAM(_CompressedTwoPass):
     def _perturb_and_compress_fused(self, plan, inv_norm):
         index = self.draw(len(self.patterns))
         self.last_pattern = n, m = self.patterns[index]
-        nm = plan.nm_plan(m)
-
-        def launches():
-            plan.perturb(inv_norm)
-            plan.nm_compress(n, m)
-        self._launch(("first", (n, m)), plan, launches)  # the pattern, not its index: baked in
-        plan.step_masks = nm.step_masks
+        masks = plan.use_nm_masks(m)
+        # keyed by the pattern, not its index: baked in
+        self._fused_step.launch(("first", (n, m)), plan.perturb_and_nm_compress, n, m, inv_norm)
         self._second_key = ("second", m)  # the finish reads the masks of groups of m
-        return nm.masks
+        return masks

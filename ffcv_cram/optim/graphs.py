@@ -26,62 +26,56 @@ What makes the captured launches valid in later steps:
   replay alike), so a replay leaves the same gradient as an eager step.
 The fused base optimizer is required (torch.optim.SGD(fused=True), as `make_optimizer` builds
 on CUDA): its foreach form reads a tensor learning rate back to the host.
+
+`StepGraphs` only captures and replays: what it runs, the learning rates and the gradients are
+its owner's (`optim.fused.FusedStep`), which it asks through methods.
 """
 from __future__ import annotations
 
 import torch
 
 WARMUP_STEPS = 2  # eager full steps first: kernels compiled, momentum buffers made, allocator warm
-_BAKED = ("momentum", "weight_decay", "dampening", "nesterov", "maximize")
 
 
 class StepGraphs:
-    def __init__(self, optimizer, warmup: int = WARMUP_STEPS):
-        self.optimizer, self.warmup = optimizer, warmup
+    """owner: the `FusedStep` whose launches are captured; it answers `baked_settings()` (the
+    base optimizer's settings a capture bakes in) and `momentum_missing(params)`."""
+
+    def __init__(self, owner, warmup: int = WARMUP_STEPS):
+        self.owner, self.warmup = owner, warmup
         self.full_steps = 0
         self.graphs: dict = {}
         self.plan = None  # the plan the graphs were captured with (kept alive: ids stay unique)
         self.pool = None
-        self.lr: list[torch.Tensor] = []
-        self.lr_values: list = []
 
     def ready(self) -> bool:
         return self.full_steps >= self.warmup
+
+    def count_full_step(self) -> None:
+        self.full_steps += 1
 
     def invalidate(self) -> None:
         self.graphs.clear()
 
     def _key(self, key, plan) -> tuple:
-        baked = tuple(tuple(group.get(name) for name in _BAKED)
-                      for group in self.optimizer.param_groups)
-        return (key, id(plan), plan.version, baked)
+        return (key, id(plan), plan.version, self.owner.baked_settings())
 
     def run(self, key, plan, launches) -> None:
         """launches() eagerly during the warm-up, else through its graph (captured on first use)."""
         if not self.ready():
             launches()
             return
-        self.sync_lr()
         if plan is not self.plan:  # a rebuilt plan: the old graphs address its freed tables
             self.graphs.clear()
             self.plan = plan
         full_key = self._key(key, plan)
         graph = self.graphs.get(full_key)
         if graph is None:
-            if self._momentum_missing(plan.params):
+            if self.owner.momentum_missing(plan.params):
                 launches()  # this eager step makes them; the capture waits for the next one
                 return
             graph = self.graphs[full_key] = self._capture(launches)
         graph.replay()
-
-    def _momentum_missing(self, params) -> bool:
-        """Whether a parameter lacks its momentum buffer (a loaded state without them): the
-        fused SGD would then bake its first step (buf = grad) into the graph for good."""
-        moved = {id(p) for p in params}
-        state = self.optimizer.base_optimizer.state
-        return any(group.get("momentum") and id(p) in moved
-                   and state.get(p, {}).get("momentum_buffer") is None
-                   for group in self.optimizer.param_groups for p in group["params"])
 
     def _capture(self, launches) -> torch.cuda.CUDAGraph:
         if self.pool is None:
@@ -91,38 +85,6 @@ class StepGraphs:
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             launches()
         return graph
-
-    # -- the base optimizer's step with device learning rates --------------------------------
-    def sync_lr(self) -> None:
-        """Copy each group's learning rate into its device tensor when it changed."""
-        groups = self.optimizer.param_groups
-        if len(self.lr) != len(groups):
-            device = next(p.device for g in groups for p in g["params"])
-            self.lr = [torch.zeros((), dtype=torch.float32, device=device) for _ in groups]
-            self.lr_values = [None] * len(groups)
-        for i, group in enumerate(groups):
-            value = group["lr"]
-            if isinstance(value, torch.Tensor):
-                value = float(value)  # (a tensor learning rate: read once per change)
-            if value != self.lr_values[i]:
-                self.lr[i].fill_(value)
-                self.lr_values[i] = value
-
-    def base_step(self, grads=None, params=None) -> None:
-        """The base optimizer's step with the device learning rates; with `grads`, params' .grad
-        point at those buffers first (what a captured step must read)."""
-        if grads is not None:
-            for p, g in zip(params, grads):
-                p.grad = g
-        groups = self.optimizer.param_groups
-        saved = [group["lr"] for group in groups]
-        try:
-            for group, lr in zip(groups, self.lr):
-                group["lr"] = lr
-            self.optimizer.base_optimizer.step()
-        finally:
-            for group, value in zip(groups, saved):
-                group["lr"] = value
 
 
 def graph_problem(optimizer) -> str | None:

@@ -19,13 +19,13 @@ tensors in the order given and, inside a tensor, over its elements in logical (r
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from .. import kernels
+from ..prune_groups import nm_groupable, prune_count, selection_groups  # (also this module's API)
 
 _KEY_DTYPE = {
     torch.float16: torch.int16,
@@ -47,11 +47,6 @@ def prunable_weights(model: nn.Module) -> list[tuple[str, nn.Module, nn.Paramete
                 name = f"{module_name}.weight" if module_name else "weight"
                 found.append((name, module, weight))
     return found
-
-
-def prune_count(numel: int, sparsity: float) -> int:
-    """How many of `numel` weights a sparsity prunes: round(sparsity * numel), halves rounded up."""
-    return min(numel, int(math.floor(sparsity * numel + 0.5)))
 
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
@@ -275,13 +270,6 @@ def compress_(tensors: Iterable[torch.Tensor], sparsity: float, scope: str = "gl
     return _magnitude(tensors, sparsity, scope, out, True, kernels)
 
 
-def selection_groups(tensors, sparsity: float, scope: str) -> tuple[list[int], list[int]]:
-    """(selection group of each tensor, prune count of each group) for a scope."""
-    if scope == "uniform":
-        return list(range(len(tensors))), [prune_count(t.numel(), sparsity) for t in tensors]
-    return [0] * len(tensors), [prune_count(sum(t.numel() for t in tensors), sparsity)]
-
-
 def _magnitude(tensors, sparsity, scope, out, zero_pruned, kernels):
     tensors = [t.detach() for t in tensors]
     sparsity = check_sparsity(sparsity)
@@ -315,10 +303,6 @@ def nm_groups(t: torch.Tensor, m: int) -> torch.Tensor | None:
         return None
     ordered = t.movedim(1, -1) if t.dim() > 2 else t
     return ordered.reshape(-1, m)
-
-
-def nm_groupable(t: torch.Tensor, m: int) -> bool:
-    return t.dim() >= 2 and t.numel() % m == 0
 
 
 @torch.no_grad()

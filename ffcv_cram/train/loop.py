@@ -36,6 +36,7 @@ from .epoch_so_far import EpochSoFar
 from .epoch_totals import EpochTotals
 from .global_batch import describe, plan_from_config, saved_plan
 from .logger import RunLogger
+from .optimizer_options import OptimizerOptions
 from .schedule import lr_at, resolution_at
 from .step_log import StepLog
 from .step import TrainStep, make_optimizer, parameter_groups
@@ -163,14 +164,8 @@ def _build(cfg: dict, ctx: Context, num_classes: int, iters: int):
     if t["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     groups = parameter_groups(model, t["weight_decay"], t["decay_bn_and_bias"])
-    optimizer = make_optimizer(
-        t["optimizer"], groups, lr=cfg["batch_plan"]["lr"], momentum=t["momentum"],
-        weight_decay=t["weight_decay"], nesterov=t["nesterov"], rho=c["rho"],
-        sparsities=c["sparsities"], patterns=c["patterns"], plus_version=c["plus_version"],
-        sparse_grad=c["sparse_grad"], scope=c["scope"], grad_norm=c["grad_norm"], seed=c["seed"],
-        interval=c["interval"], reuse=c["reuse"], second_pass_fraction=c["second_pass_fraction"],
-        cuda_graph=t.get("cuda_graph", False), dense=_uniform_dense(model, c["scope"]),
-        start_step=start_step, ramp_steps=ramp_steps)
+    options = OptimizerOptions.from_config(cfg, start_step, ramp_steps)
+    optimizer = make_optimizer(groups, options, dense=_uniform_dense(model, c["scope"]))
     return model, optimizer
 
 
