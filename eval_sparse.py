@@ -15,7 +15,7 @@ import sys
 from fastargs import Param, Section
 from fastargs.validation import OneOf
 
-from ffcv_cram.atomic import WriteError
+from ffcv_cram.atomic import AtomicWriteError
 from ffcv_cram.choices import COMPILE_MODES
 from ffcv_cram.config import (EXIT_USAGE, FloatList, Flag, IntRange, StrList, UsageError, fail,
                               given_keys, parse)
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     try:
         from ffcv_cram.sweep.job import run_sweep  # torch, ffcv: after the arguments parse
         done = run_sweep(cfg, given_keys())
-    except (UsageError, WriteError) as err:
+    except (UsageError, AtomicWriteError) as err:
         _fail(str(err), same_on_every_rank=getattr(err, "same_on_every_rank", False))
     except KeyboardInterrupt:
         fail("interrupted; results are written only when the sweep completes", 130)

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .atomic import WriteError
+from .atomic import AtomicWriteError
 from .config import fail
 from .demo_folder import DemoFolder, FolderRefused
 from .demo_steps import Interrupted, StepFailed, run_step
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         out = _demo(Path(args.out).resolve(), args.quick, args.device)
-    except (FolderRefused, WriteError) as err:
+    except (FolderRefused, AtomicWriteError) as err:
         fail(str(err))
     except StepFailed as err:
         fail(f"{err.step} failed (exit {err.code}); its output is above and in "

@@ -10,7 +10,7 @@ import signal
 from fastargs import Param, Section
 from fastargs.validation import OneOf
 
-from ..atomic import WriteError
+from ..atomic import AtomicWriteError
 from ..choices import AMP_MODES, COMPILE_MODES, LR_SCHEDULES, METHODS
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ..data.decode_choice import DECODES, JPEG_DECODERS, decode_problem, jpeg_decoder_problem
@@ -276,7 +276,7 @@ def main(style: str, description: str, defaults: dict, argv=None) -> int:
         from .loop import run  # torch and ffcv: imported once the arguments are known to be valid
         from ..runtime.dist import is_main_process
         record = run(cfg, style)
-    except (UsageError, WriteError) as err:
+    except (UsageError, AtomicWriteError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         fail("interrupted; the last checkpoint is kept (re-run to resume)", 130)
