@@ -9,7 +9,6 @@
 Model and data settings not given are taken from the checkpoint's training run (its config.json).
 """
 import os
-import signal
 import sys
 
 from fastargs import Param, Section
@@ -21,6 +20,7 @@ from ffcv_cram.config import (EXIT_USAGE, FloatList, Flag, IntRange, StrList, Us
                               given_keys, parse)
 from ffcv_cram.data.decode_choice import DECODES, JPEG_DECODERS
 from ffcv_cram.data.normalisation import CIFAR_INPUTS
+from ffcv_cram.interrupts import treat_sigterm_as_ctrl_c
 from ffcv_cram.sweep.precision import EVAL_AMP
 
 Section("eval", "checkpoints and evaluation").params(
@@ -85,10 +85,6 @@ Section("out", "outputs").params(
 )
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _fail(message: str, code: int = EXIT_USAGE, same_on_every_rank: bool = False):
     """A mistake that every torchrun process meets alike is said by rank 0 alone."""
     if same_on_every_rank and os.environ.get("RANK", "0") != "0":
@@ -97,7 +93,7 @@ def _fail(message: str, code: int = EXIT_USAGE, same_on_every_rank: bool = False
 
 
 def main(argv=None) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    treat_sigterm_as_ctrl_c()
     cfg = parse(__doc__.splitlines()[0], argv)
     try:
         from ffcv_cram.sweep.job import run_sweep  # torch, ffcv: after the arguments parse
