@@ -8,7 +8,7 @@ from ffcv_cram.data.writer import write_beton
 
 
 class ImageSource:
-    """What write_beton reads: sample i is pixels(i), an H x W x 3 uint8 array, labelled labels[i]."""
+    """What write_beton reads: sample i is pixels(i), an H x W x 3 uint8 array, label labels[i]."""
 
     def __init__(self, pixels, n: int, labels=None):
         self.pixels = pixels

@@ -124,7 +124,8 @@ def small_constant(i):
 def test_the_loader_keeps_torch_threads_where_ffcv_would_move_them(machine, tmp_path,
                                                                     keep_torch_threads):
     """FFCV sets torch's thread count to num_workers when a Loader is built and iterated."""
-    path = write_test_beton(tmp_path / "constant.beton", small_constant, 24, labels=np.arange(24) % 3)
+    path = write_test_beton(tmp_path / "constant.beton", small_constant, 24,
+                            labels=np.arange(24) % 3)
     from ffcv_cram.data.pipelines import ImageLoader
     machine.setenv("OMP_NUM_THREADS", "1")
     loader = ImageLoader(path, train=False, batch_size=8, style="cifar", num_workers=2)
