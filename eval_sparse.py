@@ -9,18 +9,18 @@
 Model and data settings not given are taken from the checkpoint's training run (its config.json).
 """
 import os
-import signal
 import sys
 
 from fastargs import Param, Section
 from fastargs.validation import OneOf
 
-from ffcv_cram.atomic import WriteError
+from ffcv_cram.atomic import AtomicWriteError
 from ffcv_cram.choices import COMPILE_MODES
 from ffcv_cram.config import (EXIT_USAGE, FloatList, Flag, IntRange, StrList, UsageError, fail,
                               given_keys, parse)
 from ffcv_cram.data.decode_choice import DECODES, JPEG_DECODERS
 from ffcv_cram.data.normalisation import CIFAR_INPUTS
+from ffcv_cram.interrupts import treat_sigterm_as_ctrl_c
 from ffcv_cram.sweep.precision import EVAL_AMP
 
 Section("eval", "checkpoints and evaluation").params(
@@ -85,10 +85,6 @@ Section("out", "outputs").params(
 )
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _fail(message: str, code: int = EXIT_USAGE, same_on_every_rank: bool = False):
     """A mistake that every torchrun process meets alike is said by rank 0 alone."""
     if same_on_every_rank and os.environ.get("RANK", "0") != "0":
@@ -97,12 +93,12 @@ def _fail(message: str, code: int = EXIT_USAGE, same_on_every_rank: bool = False
 
 
 def main(argv=None) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    treat_sigterm_as_ctrl_c()
     cfg = parse(__doc__.splitlines()[0], argv)
     try:
         from ffcv_cram.sweep.job import run_sweep  # torch, ffcv: after the arguments parse
         done = run_sweep(cfg, given_keys())
-    except (UsageError, WriteError) as err:
+    except (UsageError, AtomicWriteError) as err:
         _fail(str(err), same_on_every_rank=getattr(err, "same_on_every_rank", False))
     except KeyboardInterrupt:
         fail("interrupted; results are written only when the sweep completes", 130)

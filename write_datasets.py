@@ -5,7 +5,6 @@
         --cfg.max_resolution=500 --cfg.write_mode=proportion --cfg.compress_probability=0.5 \
         --cfg.jpeg_quality=90
 """
-import signal
 import sys
 
 from fastargs import Param, Section
@@ -14,6 +13,7 @@ from fastargs.validation import OneOf
 from ffcv_cram.config import Flag, IntRange, fail, parse
 from ffcv_cram.data.convert import DATASETS, ConversionError, convert
 from ffcv_cram.data.encoding import WRITE_MODES
+from ffcv_cram.interrupts import treat_sigterm_as_ctrl_c
 
 Section("cfg", "conversion").params(
     dataset=Param(OneOf(DATASETS), "imagenet | folder (any class-per-folder tree) | cifar10",
@@ -44,12 +44,8 @@ Section("cfg", "conversion").params(
 )
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: no partial output stays behind
-
-
 def main(argv=None) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    treat_sigterm_as_ctrl_c()  # no partial output stays behind either way
     cfg = parse(__doc__.splitlines()[0], argv)["cfg"]
     try:
         result, classes = convert(**cfg)

@@ -1,13 +1,13 @@
 """Writes that matter happen atomically: to a temporary name in the same folder, flushed to the
 disk, then renamed over the old file. A write the system refuses (disk full, file too large, no
-permission) leaves the old file as it was and raises WriteError, one line for the user."""
+permission) leaves the old file as it was and raises AtomicWriteError, one line for the user."""
 from __future__ import annotations
 
 import os
 import tempfile
 
 
-class WriteError(Exception):
+class AtomicWriteError(Exception):
     """The system refused a write; the file written before (if any) is intact."""
 
 
@@ -32,8 +32,8 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     return stale
 
 
-def _refused(path: str, err: OSError) -> WriteError:
-    return WriteError(f"{path}: cannot be written ({err.strerror or err}); the previous "
+def _refused(path: str, err: OSError) -> AtomicWriteError:
+    return AtomicWriteError(f"{path}: cannot be written ({err.strerror or err}); the previous "
                       f"{os.path.basename(path)}, if any, is kept; free disk space or fix the "
                       "folder's permissions, then re-run")
 

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
 
-from .atomic import WriteError
+from .atomic import AtomicWriteError
 from .config import fail
 from .demo_folder import DemoFolder, FolderRefused
 from .demo_steps import Interrupted, StepFailed, run_step
+from .interrupts import treat_sigterm_as_ctrl_c
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = dict(classes=10, train_per_class=300, val_per_class=100, calibration=500, epochs=10,
@@ -59,10 +59,6 @@ def train_command(py: str, out: Path, size: dict, device: str, folder: Path, *ex
             f"--data.train_dataset={out / 'train.beton'}",
             f"--data.val_dataset={out / 'val.beton'}", "--validation.every=0",
             f"--logging.folder={folder}", *extra]
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM stops the demo like Ctrl-C
 
 
 def _data_step(folder: DemoFolder, output: str, argv: list[str], log) -> None:
@@ -107,11 +103,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="reduced size (seconds, for tests)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    treat_sigterm_as_ctrl_c()
     start = time.perf_counter()
     try:
         out = _demo(Path(args.out).resolve(), args.quick, args.device)
-    except (FolderRefused, WriteError) as err:
+    except (FolderRefused, AtomicWriteError) as err:
         fail(str(err))
     except StepFailed as err:
         fail(f"{err.step} failed (exit {err.code}); its output is above and in "

@@ -1,33 +1,15 @@
 """A .beton whose sample i is a 32 x 32 image of constant value i with label i, and a model that
 reads i back from the pixels and predicts a known class for it: so a test knows exactly which
 samples a loader delivered, and which top-1 an evaluation that counts every sample once must give."""
-import numpy as np
 import torch
 from torch import nn
 
-from ffcv_cram.data.encoding import Encoding
+from betons import constant, write_test_beton
 from ffcv_cram.data.pipelines import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
-from ffcv_cram.data.writer import write_beton
-
-
-class IndexedImages:
-    def __init__(self, n: int):
-        self.n = n
-        self.labels = np.arange(n)
-
-    def __len__(self):
-        return self.n
-
-    def load(self, i):
-        return np.full((32, 32, 3), i, np.uint8)
-
-    def describe(self, i):
-        return f"sample {i}"
 
 
 def write_indexed(path, n: int) -> str:
-    write_beton(str(path), IndexedImages(n), range(n), Encoding(), num_workers=1, progress=False)
-    return str(path)
+    return write_test_beton(path, constant, n)
 
 
 def predicted_class(i: int, n: int) -> int:

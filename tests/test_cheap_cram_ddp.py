@@ -3,14 +3,13 @@ rank without communicating, and the result is one process's on the union of the 
 (second pass: the union of each rank's first ceil(f * B) samples)."""
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ffcv_cram import TopkCrAM
 from ffcv_cram.train.step import TrainStep
 from nets import SmallConvNet, batch
+from process_group import run_ranks
 
 STEPS, WORLD = 5, 2
 loss_fn = nn.CrossEntropyLoss()
@@ -26,27 +25,22 @@ def rank_batch(step, rank):
     return batch(n=8, seed=100 * step + rank)
 
 
-def _worker(rank, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's weights
-        model = SmallConvNet(batchnorm=False).double()
-        opt = make_optimizer(model.parameters())
-        step = TrainStep(DDP(model), opt, "cram")  # the trainer's step: it slices the batch
-        draws = []
-        for t in range(STEPS):
-            step(*rank_batch(t, rank))
-            draws.append(opt.last_sparsity if opt.last_step_compressed else None)
-        torch.save({"params": [p.detach() for p in model.parameters()], "draws": draws,
-                    "cram_steps": opt.cram_steps}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _train(rank):
+    torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's weights
+    model = SmallConvNet(batchnorm=False).double()
+    opt = make_optimizer(model.parameters())
+    step = TrainStep(DDP(model), opt, "cram")  # the trainer's step: it slices the batch
+    draws = []
+    for t in range(STEPS):
+        step(*rank_batch(t, rank))
+        draws.append(opt.last_sparsity if opt.last_step_compressed else None)
+    return {"params": [p.detach() for p in model.parameters()], "draws": draws,
+            "cram_steps": opt.cram_steps}
 
 
 @pytest.mark.slow
 def test_ddp_with_interval_reuse_and_fraction_equals_one_process(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
+    r0, r1 = run_ranks(_train, tmp_path, world_size=WORLD)
     assert r0["draws"] == r1["draws"] and r0["cram_steps"] == r1["cram_steps"] == STEPS
     assert [d is not None for d in r0["draws"]] == [True, False, True, False, True]
     for a, b in zip(r0["params"], r1["params"]):

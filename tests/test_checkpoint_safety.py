@@ -158,10 +158,10 @@ def test_an_old_checkpoint_of_ours_loads_only_when_trusted(tmp_path):
 
 WRITE = """
 import sys, torch
-from ffcv_cram.atomic import WriteError, torch_save
+from ffcv_cram.atomic import AtomicWriteError, torch_save
 try:
     torch_save({"w": torch.zeros(200_000)}, sys.argv[1])
-except WriteError as err:
+except AtomicWriteError as err:
     print(err)
 """
 

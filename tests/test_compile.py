@@ -9,8 +9,6 @@ import copy
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch._dynamo.utils import counters
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -22,6 +20,7 @@ from ffcv_cram.train.checkpoint import plain_state_dict
 from ffcv_cram.train.optimizer_options import OptimizerOptions
 from ffcv_cram.train.step import TrainStep, make_optimizer
 from nets import SmallConvNet, batch
+from process_group import run_ranks
 from test_train_step import InjectInf
 
 METHODS = ["sgd", "sam", "cram", "cram_nm"]
@@ -190,26 +189,20 @@ def test_graph_limit_and_compile_workers(monkeypatch):
 WORLD, DDP_STEPS = 2, 4
 
 
-def _ddp_worker(rank, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's weights
-        model = SmallConvNet()
-        step = make_step("cram", model, compiled=True, workers=1)  # the trainer's share of 2 cores
-        step.model = DDP(step.model)  # compiled inside DDP, as the trainer does
-        for i in range(DDP_STEPS):
-            step(*data(i, rank))
-        torch.save({"state": plain_state_dict(step.model), "graphs": graph_count()},
-                   f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _train_compiled(rank):
+    torch.set_num_threads(1)
+    torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's weights
+    model = SmallConvNet()
+    step = make_step("cram", model, compiled=True, workers=1)  # the trainer's share of 2 cores
+    step.model = DDP(step.model)  # compiled inside DDP, as the trainer does
+    for i in range(DDP_STEPS):
+        step(*data(i, rank))
+    return {"state": plain_state_dict(step.model), "graphs": graph_count()}
 
 
 @pytest.mark.slow
 def test_ddp_with_compile_keeps_ranks_identical(tmp_path):
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
+    r0, r1 = run_ranks(_train_compiled, tmp_path, world_size=WORLD)
     assert r0["graphs"] == r1["graphs"] == 2
     assert r0["state"].keys() == r1["state"].keys()
     for name, value in r0["state"].items():  # BatchNorm statistics too: DDP gives every rank

@@ -1,10 +1,6 @@
 """CrAM and evaluation under torch.distributed (gloo, 2 processes on the CPU)."""
-import datetime
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -14,6 +10,7 @@ from ffcv_cram.runtime.dist import Context, broadcast_buffers
 from ffcv_cram.runtime.evaluate import evaluate
 from indexed import IndexOracle, expected_top1, write_indexed
 from nets import SmallConvNet, batch
+from process_group import run_ranks
 
 STEPS, WORLD = 5, 2
 loss_fn = nn.CrossEntropyLoss()
@@ -36,34 +33,25 @@ def rank_batch(step, rank):
     return batch(n=8, seed=100 * step + rank)
 
 
-def _worker(rank, init_file, out_dir, use_bn):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's weights
-        model = DDP(SmallConvNet(batchnorm=use_bn).double())
-        opt = make_optimizer(model.parameters())
-        for step in range(STEPS):
-            cram_step(model, opt, *rank_batch(step, rank))
-        torch.save({"params": [p.detach() for p in model.module.parameters()],
-                    "draws_seen": opt.last_sparsity}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def run_ranks(tmp_path, use_bn):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), use_bn), nprocs=WORLD, join=True)
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+def _train(rank, use_bn):
+    torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's weights
+    model = DDP(SmallConvNet(batchnorm=use_bn).double())
+    opt = make_optimizer(model.parameters())
+    for step in range(STEPS):
+        cram_step(model, opt, *rank_batch(step, rank))
+    return {"params": [p.detach() for p in model.module.parameters()],
+            "draws_seen": opt.last_sparsity}
 
 
 def test_ddp_ranks_stay_identical_with_batchnorm(tmp_path):
-    r0, r1 = run_ranks(tmp_path, use_bn=True)
+    r0, r1 = run_ranks(_train, tmp_path, True, world_size=WORLD)
     assert r0["draws_seen"] == r1["draws_seen"]
     for a, b in zip(r0["params"], r1["params"]):
         assert torch.equal(a, b)
 
 
 def test_ddp_equals_one_process_on_the_union_batch(tmp_path):
-    r0, _ = run_ranks(tmp_path, use_bn=False)
+    r0, _ = run_ranks(_train, tmp_path, False, world_size=WORLD)
     torch.manual_seed(0)  # rank 0's initial weights
     model = SmallConvNet(batchnorm=False).double()
     opt = make_optimizer(model.parameters())
@@ -77,24 +65,21 @@ def test_ddp_equals_one_process_on_the_union_batch(tmp_path):
 CASES = [(21, 5), (1, 4)]  # (validation samples, batch size)
 
 
-def _eval_worker(rank, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))  # a mismatch fails, not hangs
-    try:
-        ctx = Context(rank=rank, world_size=WORLD)
-        for n, batch_size in CASES:
-            model = IndexOracle(n)
-            if rank == 1:  # as after a training step: this rank's own BatchNorm statistics
-                model.bn.running_mean.fill_(5.0)
-            wrapped = DDP(model)
-            loader = ImageLoader(f"{out_dir}/val{n}.beton", train=False, batch_size=batch_size,
-                                 style="cifar", num_workers=1, distributed=True, rank=rank,
-                                 world_size=WORLD)
-            broadcast_buffers(model, ctx)
-            metrics = evaluate(wrapped, loader, ctx)  # evaluate runs the module inside the wrapper
-            torch.save({"metrics": metrics, "batches": len(loader)}, f"{out_dir}/eval{n}_{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _evaluate(rank, folder):
+    ctx = Context(rank=rank, world_size=WORLD)
+    results = {}
+    for n, batch_size in CASES:
+        model = IndexOracle(n)
+        if rank == 1:  # as after a training step: this rank's own BatchNorm statistics
+            model.bn.running_mean.fill_(5.0)
+        wrapped = DDP(model)
+        loader = ImageLoader(f"{folder}/val{n}.beton", train=False, batch_size=batch_size,
+                             style="cifar", num_workers=1, distributed=True, rank=rank,
+                             world_size=WORLD)
+        broadcast_buffers(model, ctx)
+        metrics = evaluate(wrapped, loader, ctx)  # evaluate runs the module inside the wrapper
+        results[n] = {"metrics": metrics, "batches": len(loader)}
+    return results
 
 
 def test_validation_with_uneven_shards_counts_every_sample_once(tmp_path):
@@ -103,9 +88,10 @@ def test_validation_with_uneven_shards_counts_every_sample_once(tmp_path):
     equal one process's: every sample counted once, with rank 0's BatchNorm statistics."""
     for n, _ in CASES:
         write_indexed(tmp_path / f"val{n}.beton", n)
-    mp.spawn(_eval_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = run_ranks(_evaluate, tmp_path, str(tmp_path), world_size=WORLD,
+                      timeout_s=60)  # a mismatch fails, not hangs
     for n, batch_size in CASES:
-        results = [torch.load(tmp_path / f"eval{n}_{r}.pt") for r in range(WORLD)]
+        results = [rank[n] for rank in ranks]
         assert results[0]["batches"] > results[1]["batches"]
         one_process = evaluate(IndexOracle(n), ImageLoader(
             str(tmp_path / f"val{n}.beton"), train=False, batch_size=batch_size, style="cifar",

@@ -25,43 +25,22 @@ from ffcv.reader import Reader
 from ffcv.transforms import Squeeze, ToTensor
 from PIL import Image
 
-import imagefiles
+from betons import noise, varied_gradient, write_test_beton
 from ffcv_cram.data.encoded_bytes import (JPG, RAW, EncodedBatch, EncodedImageBytes,
                                           largest_image_bytes)
 from ffcv_cram.data import jpeg_decoders
-from ffcv_cram.data.encoding import Encoding
 from ffcv_cram.data.gpu_augment import center_crops, normalize, resized_crops
 from ffcv_cram.data.gpu_decode import decode_whole_on_cpu
 from ffcv_cram.data.seeded_crops import random_crops_and_flips
 from ffcv_cram.data.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageLoader, LoaderError
 from ffcv_cram.data.prefetch import prefetch
-from ffcv_cram.data.writer import write_beton
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 24
 
 
-class VariedSource:
-    """Sample i: a noisy gradient of its own size (30-79 px wide); label i."""
-    labels = np.arange(N)
-
-    def __len__(self):
-        return N
-
-    def size(self, i):
-        return 30 + (i * 17) % 50, 24 + (i * 11) % 40  # (w, h)
-
-    def load(self, i):
-        return imagefiles.gradient(*self.size(i), seed=i)
-
-    def describe(self, i):
-        return f"sample {i}"
-
-
 def write(path, **encoding):
-    write_beton(str(path), VariedSource(), range(N), Encoding(**encoding), num_workers=1,
-                progress=False)
-    return str(path)
+    return write_test_beton(path, varied_gradient, N, **encoding)  # sample i: label i
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +90,7 @@ def test_byte_reader_returns_exactly_the_stored_bytes(betons, kind):
                 ours = decode_jpeg(batch.data(k), mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
                 assert np.array_equal(ours, pixels_of(mode, height, width, data))
             else:
-                assert np.array_equal(pixels_of(mode, height, width, data), VariedSource().load(label))
+                assert np.array_equal(pixels_of(mode, height, width, data), varied_gradient(label))
             seen += 1
     assert seen == N
 
@@ -226,19 +205,7 @@ def test_gpu_path_on_the_cpu_end_to_end(betons):
 
 
 def test_cifar_style_gpu_path_equals_the_cpu_path(tmp_path):
-    class Squares:
-        labels = np.arange(40) % 10
-
-        def __len__(self):
-            return 40
-
-        def load(self, i):
-            return np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-
-        def describe(self, i):
-            return f"sample {i}"
-    path = str(tmp_path / "cifar.beton")
-    write_beton(path, Squares(), range(40), Encoding(), num_workers=1, progress=False)
+    path = write_test_beton(tmp_path / "cifar.beton", noise, 40, labels=np.arange(40) % 10)
     for train in (True, False):
         runs = [[(x.clone(), y) for x, y in ImageLoader(
             path, train=train, batch_size=16, style="cifar", num_workers=1, seed=2, decode=decode,

@@ -13,36 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-import imagefiles
-from ffcv_cram.data.encoding import Encoding
-from ffcv_cram.data.writer import write_beton
+from betons import varied_gradient, write_test_beton
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 N = 64
 
 
-class Photos:
-    """Images of different sizes and shapes, half stored as JPEG; four classes."""
-    labels = np.arange(N) % 4
-
-    def __len__(self):
-        return N
-
-    def load(self, i):
-        return imagefiles.gradient(30 + (i * 17) % 50, 24 + (i * 11) % 40, seed=i)
-
-    def describe(self, i):
-        return f"sample {i}"
-
-
 @pytest.fixture(scope="module")
 def beton(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("imagenet_replay") / "train.beton")
-    write_beton(path, Photos(), range(N),
-                Encoding(write_mode="proportion", compress_probability=0.5), num_workers=1,
-                progress=False)
-    return path
+    """Images of different sizes and shapes, half stored as JPEG; four classes."""
+    return write_test_beton(tmp_path_factory.mktemp("imagenet_replay") / "train.beton",
+                            varied_gradient, N, labels=np.arange(N) % 4, write_mode="proportion",
+                            compress_probability=0.5)
 
 
 def command(beton, folder, workers):

@@ -11,38 +11,26 @@ from ffcv.reader import Reader
 from PIL import Image
 
 import imagefiles
+from betons import write_test_beton
 from ffcv_cram.data import device_batches, gpu_augment, jpeg_decoders, prefetch as prefetch_module
 from ffcv_cram.data.encoded_bytes import JPG, RAW
-from ffcv_cram.data.encoding import Encoding
 from ffcv_cram.data.pipelines import IMAGENET_STD, ImageLoader
 from ffcv_cram.data.seeded_crops import random_crops_and_flips
 from ffcv_cram.data.triton_crops import kernel_usable
-from ffcv_cram.data.writer import write_beton
 
 N = 20
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
-class Photos:
-    """Sample i: a noisy gradient, 40-159 x 30-109 px; label i."""
-    labels = np.arange(N)
-
-    def __len__(self):
-        return N
-
-    def load(self, i):
-        return imagefiles.gradient(40 + (i * 37) % 120, 30 + (i * 23) % 80, seed=i)
-
-    def describe(self, i):
-        return f"photo {i}"
+def photo(i):
+    """A noisy gradient, 40-159 x 30-109 px."""
+    return imagefiles.gradient(40 + (i * 37) % 120, 30 + (i * 23) % 80, seed=i)
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("jpeg_decoders") / "mixed.beton")
-    write_beton(path, Photos(), range(N), Encoding(write_mode="proportion", compress_probability=0.6,
-                                                   jpeg_quality=90), num_workers=1, progress=False)
-    return path
+def mixed(tmp_path_factory):  # sample i: label i
+    return write_test_beton(tmp_path_factory.mktemp("jpeg_decoders") / "mixed.beton", photo, N,
+                            write_mode="proportion", compress_probability=0.6, jpeg_quality=90)
 
 
 def loader(path, **kw):

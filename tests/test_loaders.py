@@ -1,34 +1,16 @@
 """FFCV loaders: output format, normalisation, order, sharding, resolution changes."""
-import numpy as np
 import pytest
 import torch
 
-from ffcv_cram.data.encoding import Encoding
 from ffcv_cram.data.pipelines import (CIFAR_MEAN, CIFAR_STD, ImageLoader, LoaderError)
-from ffcv_cram.data.writer import write_beton
+from indexed import write_indexed
 
 N = 60
 
 
-class IndexedSource:
-    """Sample i: label i, every pixel = i (so order and image-label pairing are visible)."""
-    labels = np.arange(N)
-
-    def __len__(self):
-        return N
-
-    def load(self, i):
-        return np.full((32, 32, 3), i, np.uint8)
-
-    def describe(self, i):
-        return f"sample {i}"
-
-
 @pytest.fixture(scope="module")
-def beton(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("loaders") / "indexed.beton")
-    write_beton(path, IndexedSource(), range(N), Encoding(), num_workers=1, progress=False)
-    return path
+def beton(tmp_path_factory):  # sample i: label i, every pixel = i
+    return write_indexed(tmp_path_factory.mktemp("loaders") / "indexed.beton", N)
 
 
 def labels_of(loader):

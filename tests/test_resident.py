@@ -5,19 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from ffcv_cram.data.encoding import Encoding
+from betons import noise, write_test_beton
 from ffcv_cram.data.pipelines import ImageLoader, LoaderError
 from ffcv_cram.data.resident import ResidentLoader, available_bytes, fit_problem
-from ffcv_cram.data.writer import write_beton
-from test_start_batch import N, NoiseImages, batches, beton, same  # noqa: F401 (fixture)
+from test_start_batch import N, batches, beton, same  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
 def jpeg_beton(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("resident") / "jpeg.beton")
-    write_beton(path, NoiseImages(), range(N), Encoding("jpg", None, 90, None, None, 0),
-                num_workers=1, progress=False)
-    return path
+    return write_test_beton(tmp_path_factory.mktemp("resident") / "jpeg.beton", noise, N,
+                            write_mode="jpg", jpeg_quality=90)
 
 
 def resident(beton, **kw):

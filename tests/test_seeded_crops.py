@@ -5,11 +5,9 @@ import pytest
 import torch
 from ffcv.fields.rgb_image import get_center_crop, get_random_crop
 
-import imagefiles
-from ffcv_cram.data.encoding import Encoding
+from betons import varied_gradient, varied_size, write_test_beton
 from ffcv_cram.data.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageLoader
 from ffcv_cram.data.seeded_crops import random_crops_and_flips
-from ffcv_cram.data.writer import write_beton
 
 N = 24
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -17,38 +15,22 @@ STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def size_of(i):
-    return 24 + (i * 11) % 40, 30 + (i * 17) % 50  # (height, width)
+    width, height = varied_size(i)
+    return height, width
 
 
-class Ramps:
-    """Sample i: red = 3 x column, green = 3 x row, so a crop box can be read off the pixels."""
-    labels = np.arange(N)
-
-    def __len__(self):
-        return N
-
-    def load(self, i):
-        rows, cols = np.mgrid[0:size_of(i)[0], 0:size_of(i)[1]]
-        return np.stack([3 * cols, 3 * rows, np.full_like(rows, 128)], -1).astype(np.uint8)
-
-    def describe(self, i):
-        return f"sample {i}"
-
-
-class Noisy(Ramps):
-    def load(self, i):
-        return imagefiles.gradient(size_of(i)[1], size_of(i)[0], seed=i)
+def ramp(i):
+    """Red = 3 x column, green = 3 x row, so a crop box can be read off the pixels."""
+    rows, cols = np.mgrid[0:size_of(i)[0], 0:size_of(i)[1]]
+    return np.stack([3 * cols, 3 * rows, np.full_like(rows, 128)], -1).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
-def betons(tmp_path_factory):
+def betons(tmp_path_factory):  # sample i: label i
     folder = tmp_path_factory.mktemp("seeded_crops")
-    paths = {"ramps": str(folder / "ramps.beton"), "mixed": str(folder / "mixed.beton")}
-    write_beton(paths["ramps"], Ramps(), range(N), Encoding(), num_workers=1, progress=False)
-    write_beton(paths["mixed"], Noisy(), range(N),
-                Encoding(write_mode="proportion", compress_probability=0.5), num_workers=1,
-                progress=False)
-    return paths
+    return {"ramps": write_test_beton(folder / "ramps.beton", ramp, N),
+            "mixed": write_test_beton(folder / "mixed.beton", varied_gradient, N,
+                                      write_mode="proportion", compress_probability=0.5)}
 
 
 @pytest.mark.parametrize("height,width", [(375, 500), (500, 200), (60, 61)])
@@ -96,7 +78,7 @@ def test_draws_depend_on_seed_epoch_and_index_only():
 
 
 def box_error(images, labels, boxes, flips, size):
-    """Largest distance, in grey levels, of Ramps crops from the ramps of `boxes` / `flips`."""
+    """Largest distance, in grey levels, of ramp() crops from the ramps of `boxes` / `flips`."""
     pixels = images.float() * STD + MEAN
     worst = 0.0
     for k, label in enumerate(labels.tolist()):

@@ -1,35 +1,17 @@
 """Resuming an epoch part-way: `ImageLoader.set_epoch(epoch, start_batch)` delivers exactly the rest
 of that epoch (order, augmentation) and hands FFCV only the samples it still has to read."""
-import numpy as np
 import pytest
 import torch
 
-from ffcv_cram.data.encoding import Encoding
+from betons import noise, write_test_beton
 from ffcv_cram.data.pipelines import ImageLoader, LoaderError
-from ffcv_cram.data.writer import write_beton
 
 N = 50  # with batches of 8: 6 whole batches and 2 samples that drop_last leaves out
 
 
-class NoiseImages:
-    """Sample i: seeded noise, label i (so flips, shifts and crops all change the pixels)."""
-    labels = np.arange(N)
-
-    def __len__(self):
-        return N
-
-    def load(self, i):
-        return np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-
-    def describe(self, i):
-        return f"sample {i}"
-
-
 @pytest.fixture(scope="module")
-def beton(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("start_batch") / "noise.beton")
-    write_beton(path, NoiseImages(), range(N), Encoding(), num_workers=1, progress=False)
-    return path
+def beton(tmp_path_factory):  # sample i: seeded noise, label i
+    return write_test_beton(tmp_path_factory.mktemp("start_batch") / "noise.beton", noise, N)
 
 
 def batches(loader, epoch, start_batch=0):

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ffcv_cram.data.encoding import Encoding
+from betons import write_test_beton
 from ffcv_cram.data.threads import loader_threads, thread_summary, torch_threads, usable_cores
-from ffcv_cram.data.writer import write_beton
 
 
 @pytest.fixture
@@ -118,24 +117,15 @@ def test_trainer_loaders_get_the_rule_or_the_users_choice(machine, capsys, given
         assert printed.count("loader threads:") == (1 if rank == 0 else 0), printed
 
 
-class Constant:
-    labels = np.arange(24) % 3
-
-    def __len__(self):
-        return 24
-
-    def load(self, i):
-        return np.full((8, 8, 3), i, np.uint8)
-
-    def describe(self, i):
-        return f"sample {i}"
+def small_constant(i):
+    return np.full((8, 8, 3), i, np.uint8)
 
 
 def test_the_loader_keeps_torch_threads_where_ffcv_would_move_them(machine, tmp_path,
                                                                     keep_torch_threads):
     """FFCV sets torch's thread count to num_workers when a Loader is built and iterated."""
-    path = str(tmp_path / "constant.beton")
-    write_beton(path, Constant(), range(24), Encoding(), num_workers=1, progress=False)
+    path = write_test_beton(tmp_path / "constant.beton", small_constant, 24,
+                            labels=np.arange(24) % 3)
     from ffcv_cram.data.pipelines import ImageLoader
     machine.setenv("OMP_NUM_THREADS", "1")
     loader = ImageLoader(path, train=False, batch_size=8, style="cifar", num_workers=2)

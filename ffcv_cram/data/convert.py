@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from ..atomic import WriteError as RefusedWrite, write_text
+from ..atomic import AtomicWriteError, write_text
 
 from .encoding import Encoding
 import numpy as np
@@ -99,7 +99,7 @@ def convert(dataset: str, split: str, data_dir: str, write_path: str, *, max_res
             indices = base
     except SourceError as err:
         raise ConversionError(str(err)) from None
-    from .writer import WriteError, write_beton  # ffcv: slow to import, so only once all is checked
+    from .writer import BetonWriteError, write_beton  # ffcv: slow to import, so once all is checked
     Path(write_path).parent.mkdir(parents=True, exist_ok=True)
     classes_file, skipped_file = f"{write_path}.classes.json", f"{write_path}.skipped.txt"
     earlier = _file_identity(write_path)
@@ -112,9 +112,9 @@ def convert(dataset: str, split: str, data_dir: str, write_path: str, *, max_res
                        "".join(f"{name}\t{reason}\n" for name, reason in result.skipped))
         elif os.path.exists(skipped_file):
             os.remove(skipped_file)  # stale list from an earlier run of the same output
-    except WriteError as err:  # the writer removed its partial file; an earlier output is intact
+    except BetonWriteError as err:  # the writer removed its partial file; earlier output is intact
         raise ConversionError(str(err)) from None
-    except (RefusedWrite, KeyboardInterrupt) as err:
+    except (AtomicWriteError, KeyboardInterrupt) as err:
         # no partial output: a .beton without its class names is unusable, and Ctrl-C (or SIGTERM,
         # which the CLI turns into it) means "no output". Once this run's .beton is in place
         # (whenever the interrupt lands after the rename), it goes with whatever was written beside

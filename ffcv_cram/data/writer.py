@@ -37,7 +37,7 @@ from .images import BadImage
 MAX_SIDE = 0xFFFF  # FFCV stores width and height as uint16
 
 
-class WriteError(Exception):
+class BetonWriteError(Exception):
     """The conversion could not complete; the message says why (one line)."""
 
 
@@ -162,7 +162,7 @@ def write_beton(path: str, source, indices, encoding: Encoding, num_workers: int
     indices = np.asarray(indices, dtype=np.int64)
     n = len(indices)
     if n == 0:
-        raise WriteError("nothing to write: the selection is empty")
+        raise BetonWriteError("nothing to write: the selection is empty")
     num_workers = max(1, min(num_workers or os.cpu_count() or 1, -(-n // chunk_size)))
     _remove_stale_partials(path)
     tmp = f"{path}.partial-{os.getpid()}"
@@ -195,18 +195,18 @@ def write_beton(path: str, source, indices, encoding: Encoding, num_workers: int
             except queue.Empty:
                 dead = [w for w in workers if w.exitcode not in (None, 0)]
                 if dead:
-                    raise WriteError(f"a writer process died (exit code {dead[0].exitcode}); "
-                                     "out of memory? try fewer --cfg.num_workers")
+                    raise BetonWriteError(f"a writer process died (exit code {dead[0].exitcode}); "
+                                          "out of memory? try fewer --cfg.num_workers")
                 bar.update(done.value - bar.n)
                 continue
             if kind == "bad":
                 dest, src, reason = payload
                 if on_bad_image == "fail":
-                    raise WriteError(f"{source.describe(src)}: {reason} (use --cfg.on_bad_image=skip "
-                                     "to skip unreadable images)")
+                    raise BetonWriteError(f"{source.describe(src)}: {reason} (use "
+                                          "--cfg.on_bad_image=skip to skip unreadable images)")
                 bad[dest] = (source.describe(src), reason)
             elif kind == "error":
-                raise WriteError(f"a writer process failed:\n{payload[0]}")
+                raise BetonWriteError(f"a writer process failed:\n{payload[0]}")
             else:
                 allocations.extend(payload[0])
                 finished += 1
@@ -217,8 +217,8 @@ def write_beton(path: str, source, indices, encoding: Encoding, num_workers: int
         valid = np.ones(n, dtype=bool)
         valid[list(bad)] = False
         if not valid.any():
-            raise WriteError(f"no readable image among the {n} files (first: "
-                             f"{next(iter(bad.values()))[0]}: {next(iter(bad.values()))[1]})")
+            raise BetonWriteError(f"no readable image among the {n} files (first: "
+                                  f"{next(iter(bad.values()))[0]}: {next(iter(bad.values()))[1]})")
         metadata = np.ndarray(n, dtype=metadata_dtype, buffer=shm.buf).copy()
         _finalize(tmp, header, metadata_start, metadata, valid, allocations)
         result = WriteResult(path, int(valid.sum()), [bad[d] for d in sorted(bad)],

@@ -5,16 +5,15 @@ them are the data style and the defaults.
 """
 from __future__ import annotations
 
-import signal
-
 from fastargs import Param, Section
 from fastargs.validation import OneOf
 
-from ..atomic import WriteError
+from ..atomic import AtomicWriteError
 from ..choices import AMP_MODES, COMPILE_MODES, LR_SCHEDULES, METHODS
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ..data.decode_choice import DECODES, JPEG_DECODERS, decode_problem, jpeg_decoder_problem
 from ..data.normalisation import CIFAR_INPUTS
+from ..interrupts import treat_sigterm_as_ctrl_c
 from .global_batch import LR_SCALINGS, effective_lr
 
 
@@ -263,12 +262,8 @@ def _cuda_graph_problem(t: dict, c: dict) -> str | None:
     return None
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(style: str, description: str, defaults: dict, argv=None) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    treat_sigterm_as_ctrl_c()
     declare(defaults)
     cfg = parse(description, argv)
     try:
@@ -276,7 +271,7 @@ def main(style: str, description: str, defaults: dict, argv=None) -> int:
         from .loop import run  # torch and ffcv: imported once the arguments are known to be valid
         from ..runtime.dist import is_main_process
         record = run(cfg, style)
-    except (UsageError, WriteError) as err:
+    except (UsageError, AtomicWriteError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         fail("interrupted; the last checkpoint is kept (re-run to resume)", 130)
