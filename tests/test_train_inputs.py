@@ -2,7 +2,10 @@
 before anything is inferred from it (exit 2, nothing written)."""
 import pytest
 
-from test_train_cli import args
+
+def args(data, folder):
+    return [f"--data.train_dataset={data['train']}", f"--data.val_dataset={data['val']}",
+            f"--logging.folder={folder}", "--training.epochs=1", "--training.device=cpu", "--lr.warmup_epochs=0"]
 
 
 @pytest.mark.parametrize("override,message", [
