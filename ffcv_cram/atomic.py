@@ -89,3 +89,7 @@ def torch_save(obj, path: str) -> None:
                 raise recorder.error from None
             raise
     _commit(path, write)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    _commit(path, lambda file: file.write(data))

@@ -118,7 +118,7 @@ def check_fits(model: nn.Module, state: dict, path: str, arch: str) -> None:
             parts.append(f"unexpected {_summary(unexpected)}")
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs "
-                         f"{tuple(own[k].shape)})")
+            parts.append(f"{len(wrong)} with other shapes (first: {k}, {tuple(state[k].shape)} "
+                         f"in the file, {tuple(own[k].shape)} in the model)")
         raise CheckpointError(f"{path} does not fit --model.arch={arch}: {'; '.join(parts)}; "
                               "check --model.arch and --model.num_classes")

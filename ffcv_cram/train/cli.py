@@ -15,6 +15,7 @@ from ..data.decode_choice import DECODES, JPEG_DECODERS, decode_problem, jpeg_de
 from ..data.normalisation import CIFAR_INPUTS
 from ..interrupts import treat_sigterm_as_ctrl_c
 from .global_batch import LR_SCALINGS, effective_lr
+from .input_files import check_input_files
 
 
 def declare(defaults: dict) -> None:
@@ -82,6 +83,13 @@ def declare(defaults: dict) -> None:
         dist_timeout=Param(IntRange(1), "torchrun: seconds a process waits for the others (start-up, "
                            "each collective) before it fails and torchrun may restart the group",
                            default=600),
+        init_weights=Param(str, "start from these weights instead of a random initialisation "
+                           "(torchvision, ffcv-cram, reference CrAM or DDP checkpoint; only at "
+                           "the run's start: a resumed run continues from its checkpoint)",
+                           default=""),
+        trust_init_weights=Param(Flag(), "read an --training.init_weights file that needs full "
+                                 "unpickling, which can run code: only for files you trust",
+                                 default=False),
     )
     Section("cram", "CrAM / SAM").params(
         rho=Param(float, "perturbation radius", default=d("cram.rho", 0.05)),
@@ -141,8 +149,8 @@ def declare(defaults: dict) -> None:
         wandb_project=Param(str, "log to this wandb project ('' for none)", default=""),
         wandb_mode=Param(OneOf(["online", "offline", "disabled"]), "wandb mode", default="offline"),
         wandb_name=Param(str, "wandb run name", default=""),
-        steps=Param(Flag(), "also write steps.jsonl: each step's samples, lr, sparsity draw and "
-                    "loss over all processes", default=False),
+        steps=Param(IntRange(0), "also write steps.jsonl: a line every N steps with their loss, "
+                    "img/s, samples, and the last one's lr and sparsity draw (0: none)", default=0),
     )
     Section("checkpoint", "checkpoints").params(
         every=Param(IntRange(0), "also keep checkpoint_epoch<N>.pt every N epochs (0: only the last)",
@@ -153,6 +161,8 @@ def declare(defaults: dict) -> None:
         trust=Param(Flag(), "resume from a checkpoint_last.pt that needs full unpickling, which can "
                     "run code (e.g. one written by an older ffcv-cram): only for files you trust",
                     default=False),
+        keep_best=Param(Flag(), "keep best.pt: the checkpoint of the epoch with the highest "
+                        "validation top-1 (needs --data.val_dataset)", default=False),
     )
 
 
@@ -203,6 +213,10 @@ def check(cfg: dict, style: str) -> None:
     elif any(r.values()):
         raise UsageError("--resolution.*: the cifar style trains at the stored resolution; "
                          "leave these unset")
+    if cfg["checkpoint"]["keep_best"] and not cfg["data"]["val_dataset"]:
+        raise UsageError("--checkpoint.keep_best=1 keeps the epoch with the best validation top-1; "
+                         "give --data.val_dataset")
+    check_input_files(cfg)
 
 
 def _check_resident(d: dict, style: str) -> None:

@@ -31,10 +31,13 @@ from ..safe_load import UnsafeFile
 from ..sparsity.masks import prunable_weights
 from ..sparsity.prune import uniform_targets
 from . import checkpoint as ckpt
+from . import extend
+from .best import BestCheckpoint
 from .compile_clock import CompileClock
 from .epoch_so_far import EpochSoFar
 from .epoch_totals import EpochTotals
 from .global_batch import describe, plan_from_config, saved_plan
+from .init_weights import start_from
 from .logger import RunLogger
 from .optimizer_options import OptimizerOptions
 from .schedule import lr_at, resolution_at
@@ -50,7 +53,8 @@ RESUMABLE_KEYS = ("data.num_workers", "data.in_memory", "data.decode", "data.jpe
 # for CIFAR inputs, which followed CIFAR-10's true std before the reference's became the default)
 ADDED_KEYS = {"cram.interval": 1, "cram.reuse": False, "cram.second_pass_fraction": 1.0,
               "training.cuda_graph": False, "data.cifar_inputs": "cifar10_std",
-              "cram.start_epoch": 0.0, "cram.ramp": False, "data.resident": False}
+              "cram.start_epoch": 0.0, "cram.ramp": False, "data.resident": False,
+              "training.init_weights": "", "training.trust_init_weights": False}
 # compared through what they amount to, the batch plan's global batch and effective lr (a run
 # saved before the global batch existed holds training.batch_size per process instead)
 PLANNED_KEYS = ("training.batch_size", "training.global_batch_size",
@@ -222,6 +226,7 @@ def _train_epoch(cfg, epoch, step, loader, logger, ctx, resolution, so_far: Epoc
     draws, skipped, lr = Counter(so_far.draws), 0, 0.0
     bar = logger.bar(iters, f"epoch {epoch}", initial=so_far.batch)
     start = time.perf_counter()
+    step_log.start()
 
     def until_now(batch: int) -> EpochSoFar:  # a collective: every rank calls it at the same batch
         step_log.flush()
@@ -269,7 +274,8 @@ def _resume_state(cfg: dict, folder: str, world_size: int):
         raise UsageError(err.explain("--checkpoint.trust=1")) from None
     except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise UsageError(f"{path}: cannot be read ({err}); delete it to start over") from None
-    differences = config_differences(state["config"], cfg, world_size)
+    differences = extend.remaining_differences(
+        state["config"], cfg, config_differences(state["config"], cfg, world_size), folder)
     if differences:
         raise UsageError(f"{folder} holds a run with a different configuration ({', '.join(differences)}); "
                          "use another --logging.folder or the same settings")
@@ -304,6 +310,7 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
         remove_stale_temporaries(folder)
     start_epoch = state["epoch"] if state else 0
     resumed = _resume_point(state, ctx, os.path.join(folder, ckpt.LAST))
+    cfg, extension = extend.with_history(cfg, state and state["config"], start_epoch, resumed.batch)
     # the loaders first: CrAM's step schedule is set in steps, from the epoch's length
     train_loader, val_loader = _loaders(cfg, style, ctx, start_epoch)
     iters = len(train_loader)
@@ -316,6 +323,10 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
         if step.scaler is not None and state["scaler"] is not None:
             step.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
+    elif t["init_weights"]:
+        start_from(model, t["init_weights"], cfg["model"], t["trust_init_weights"])
+        if ctx.is_main:
+            print(f"starting from the weights in {t['init_weights']}", flush=True)
     clock = None
     if t["compile"]:  # compiled inside DDP, the order the PyTorch docs advise; `model` stays plain
         step.model, clock = _compiled(cfg, style, model, ctx)
@@ -329,6 +340,9 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
     if state and ctx.is_main and start_epoch < t["epochs"]:
         print(f"resuming from {ckpt.LAST}: epoch {start_epoch}, batch {resumed.batch} of {iters}",
               flush=True)
+        if extension:
+            print(extend.announcement(extension, _lr(cfg, start_epoch + resumed.batch / iters)),
+                  flush=True)
     if ctx.is_main:
         print(describe(cfg["batch_plan"], cfg), flush=True)
     logger = RunLogger(folder, cfg, ctx.is_main, cfg["logging"]["wandb_project"] or None,
@@ -340,12 +354,13 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
     epochs, every = t["epochs"], cfg["validation"]["every"]
     record: dict = {}
     run_state = dict(model=model, optimizer=optimizer, scaler=step.scaler, config=cfg)
+    best = BestCheckpoint(folder, cfg["checkpoint"]["keep_best"], state and state.get("best"))
 
     def save_mid_epoch(epoch: int, so_far: EpochSoFar):
         if ctx.is_main:
             ckpt.save_checkpoint(os.path.join(folder, ckpt.LAST), **run_state, epoch=epoch,
                                  step=epoch * iters + so_far.batch, draws=so_far.draws,
-                                 epoch_so_far=so_far.to_dict())
+                                 epoch_so_far=so_far.to_dict(), best=best.record)
 
     for epoch in range(start_epoch, epochs):
         so_far = resumed if epoch == start_epoch else EpochSoFar(world_size=ctx.world_size)
@@ -373,8 +388,11 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
             record["params_sha256"] = all_gather_str(ckpt.parameters_sha256(model), ctx)
         logger.log_epoch(record)
         if ctx.is_main:
+            improved = best.improved(record)  # best.pt first: checkpoint_last.pt then names it
             kwargs = dict(**run_state, epoch=epoch + 1, step=(epoch + 1) * iters,
-                          draws=record["sparsity_draws"])
+                          draws=record["sparsity_draws"], best=best.record)
+            if improved:
+                ckpt.save_checkpoint(best.path, **kwargs)
             ckpt.save_checkpoint(os.path.join(folder, ckpt.LAST), **kwargs)
             keep = cfg["checkpoint"]["every"]
             if keep and (epoch + 1) % keep == 0:
