@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from .atomic import WriteError
+from .atomic import AtomicWriteError
 from .config import UsageError, fail
 
 
@@ -28,9 +28,9 @@ def main(argv=None) -> int:
         if not os.path.isdir(folder):
             raise UsageError(f"--out={out}: the folder {folder} does not exist; create it or "
                              "choose another --out")
-        from .train.curves import plot  # matplotlib: only once the arguments are valid
+        from .training_curves import plot  # matplotlib: only once the arguments are valid
         series = plot(args.run, out)
-    except (UsageError, WriteError) as err:
+    except (UsageError, AtomicWriteError) as err:
         fail(str(err))
     print(f"wrote {out}: " + ", ".join(s.label for s in series))
     return 0

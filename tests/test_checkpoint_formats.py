@@ -1,5 +1,5 @@
 """Every published checkpoint format loads into our models: one synthetic checkpoint per format,
-in that format's exact key layout, saved and read back through `sweep.checkpoints`."""
+in that format's exact key layout, saved and read back through `models.checkpoints`."""
 import pytest
 import torch
 import torchvision
@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from ffcv_cram.config import UsageError
 from ffcv_cram.models import get_model
-from ffcv_cram.sweep.checkpoints import Checkpoint, CheckpointError, check_fits, load_checkpoint
+from ffcv_cram.models.checkpoints import Checkpoint, CheckpointError, check_fits, load_checkpoint
 from ffcv_cram.sweep.job import _check_blurpool
 
 

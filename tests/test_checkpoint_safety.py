@@ -15,7 +15,7 @@ import torch
 
 from ffcv_cram import safe_load
 from ffcv_cram.models import get_model
-from ffcv_cram.sweep.checkpoints import load_state_dict
+from ffcv_cram.models.checkpoints import load_state_dict
 from ffcv_cram.train import checkpoint as ckpt
 from indexed import write_indexed
 

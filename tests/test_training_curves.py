@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ffcv_cram.plot_training import main
-from ffcv_cram.train.curves import curve_series, draw, extension_lines, read_run
+from ffcv_cram.training_curves import curve_series, draw, extension_lines, read_run
 
 EPOCHS = [{"epoch": e, "train_loss": 2.0 - e / 2, "train_top1": 30.0 + 10 * e, "lr": 0.1 / (e + 1),
            "images_per_s": 100.0 + e, **({"val_top1": 40.0 + e, "val_loss": 1.5} if e != 1 else {})}

@@ -4,7 +4,7 @@ convolution with at least 16 input channels, zero-padded as theirs (`F.conv2d(..
 Implemented as a Conv2d subclass swapped in place, so parameter names, the state_dict and the
 prunable set are exactly those of the plain model: a checkpoint loads into either (ffcv-imagenet's
 own key names, `<conv>.conv.weight` and `<conv>.blur_filter`, are mapped on loading by
-`sweep.checkpoints`). The blur kernel is no state at all: it is built on the input's device, in
+`models.checkpoints`). The blur kernel is no state at all: it is built on the input's device, in
 its dtype, in every forward.
 """
 import torch

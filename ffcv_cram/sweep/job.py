@@ -19,7 +19,7 @@ from ..models.compiled import compile_model, compile_problem
 from ..runtime.dist import Context, all_sum, setup, teardown
 from ..safe_load import UnsafeFile
 from . import run_settings
-from .checkpoints import CheckpointError, check_fits, load_checkpoint
+from ..models.checkpoints import CheckpointError, check_fits, load_checkpoint
 from .checks import calibration_indices, check_arguments, check_model_and_data
 from .datasets import upsampling_warning
 from .points import Item, SweepSettings, measure, rows_of, work_items

@@ -13,7 +13,7 @@ import os
 
 from ..config import UsageError
 from ..safe_load import UnsafeFile
-from .checkpoints import CheckpointError, load_checkpoint
+from ..models.checkpoints import CheckpointError, load_checkpoint
 
 CONFIG = "config.json"
 LAST = "checkpoint_last.pt"

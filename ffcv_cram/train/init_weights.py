@@ -1,7 +1,7 @@
 """--training.init_weights: a run that starts from given weights instead of a random
 initialisation, e.g. CrAM fine-tuning of a dense model.
 
-Every format eval_sparse reads is accepted (`sweep.checkpoints`: torchvision state_dicts, our
+Every format eval_sparse reads is accepted (`models.checkpoints`: torchvision state_dicts, our
 final_weights.pt and checkpoints, the reference's `model_state_dict`, DDP `module.` prefixes),
 loaded with weights_only unless the user trusts the file. The weights must fit the model exactly;
 only a run's start reads them: a resumed run continues from its own checkpoint.
@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import UsageError
 from ..safe_load import UnsafeFile
-from ..sweep.checkpoints import CheckpointError, check_fits, load_checkpoint
+from ..models.checkpoints import CheckpointError, check_fits, load_checkpoint
 
 TRUST_OPTION = "--training.trust_init_weights=1"
 

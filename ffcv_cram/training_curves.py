@@ -12,8 +12,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from ..atomic import write_bytes
-from ..config import UsageError
+from .atomic import write_bytes
+from .config import UsageError
 
 PANELS = ("loss", "top-1 (%)", "learning rate", "images / s")
 EPOCH_LOG, STEP_LOG, CONFIG = "log.jsonl", "steps.jsonl", "config.json"

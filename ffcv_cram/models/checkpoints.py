@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models.blurpool import blur_filter
+from .blurpool import blur_filter
 from ..safe_load import UnsafeFile, load
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
