@@ -12,6 +12,7 @@ from fastargs.validation import OneOf
 
 from ..atomic import WriteError
 from ..choices import AMP_MODES, COMPILE_MODES, LR_SCHEDULES, METHODS
+from .. import config_aliases
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ..data.decode_choice import DECODES, JPEG_DECODERS, decode_problem, jpeg_decoder_problem
 from ..data.normalisation import CIFAR_INPUTS
@@ -201,9 +202,6 @@ def check(cfg: dict, style: str) -> None:
         if cfg["data"]["cifar_inputs"] != "reference":
             raise UsageError(f"--data.cifar_inputs={cfg['data']['cifar_inputs']}: only for the "
                              "cifar style")
-    elif any(r.values()):
-        raise UsageError("--resolution.*: the cifar style trains at the stored resolution; "
-                         "leave these unset")
 
 
 def _check_resident(d: dict, style: str) -> None:
@@ -267,10 +265,19 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def parse_args(style: str, description: str, defaults: dict, argv=None) -> dict:
+    """The style's options (the cifar style has no resolution section), ffcv-imagenet's key
+    names read as ours."""
+    declare(defaults)
+    closed = {} if style == "imagenet" else {
+        "resolution": "the cifar style trains at the stored resolution; resolution.* is for "
+                      "train_imagenet.py"}
+    return parse(description, argv, aliases=config_aliases, closed_sections=closed)
+
+
 def main(style: str, description: str, defaults: dict, argv=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
-    declare(defaults)
-    cfg = parse(description, argv)
+    cfg = parse_args(style, description, defaults, argv)
     try:
         check(cfg, style)
         from .loop import run  # torch and ffcv: imported once the arguments are known to be valid
