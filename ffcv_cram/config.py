@@ -17,7 +17,7 @@ from fastargs.exceptions import MissingValueError, ValidationError
 from fastargs.validation import Checker
 
 from .config_argv import scan
-from .config_help import help_text
+from .config_help import constraint, help_text
 from .config_suggest import hint
 
 EXIT_USAGE = 2
@@ -135,13 +135,9 @@ def _load_file(path: str) -> dict:
     return content
 
 
-def _describe(config, path) -> str:
-    param = config.entries[path]
-    return param.checker.help()
-
-
 def _sources(line, problems: list[str]):
-    """(label, {'section.key': value}) of each config file in order, then of the command line."""
+    """(file name, {'section.key': value}) of each config file in order, then (None, the
+    command line's)."""
     for name in line.config_files:
         try:
             yield name, {".".join(path): value for path, value in _flatten(_load_file(name))}
@@ -150,10 +146,56 @@ def _sources(line, problems: list[str]):
     yield None, line.values
 
 
-def _report(problems: list[str]):
-    for message in problems:
-        print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+def _collect(config, line, closed: dict[str, str], aliases) -> tuple[list[str], list[str]]:
+    """Set the config's content from files, then the command line, then `section.key`
+    environment variables (as fastargs does). Returns (problems, notes)."""
+    declared = {".".join(path): path for path in config.entries}
+    accepted = [key for key, path in declared.items() if path[0] not in closed]
+    other_names = {k: v for k, v in (aliases.TARGETS.items() if aliases else ())
+                   if v is None or v in declared}
+    suggestable = {k: v for k, v in other_names.items() if v is None or v in accepted}
+    problems, notes = list(line.problems), []
+    for label, given in _sources(line, problems):
+        where = f"{label}: " if label else ""
+        spell = (lambda k: f"'{k}'") if label else (lambda k: f"--{k}")
+        shut: dict[str, list[str]] = {}  # closed section -> the keys given for it
+        for key in list(given):
+            ours = other_names.get(key, key)
+            if ours in declared and declared[ours][0] in closed:
+                shut.setdefault(declared[ours][0], []).append(spell(key))
+                del given[key]
+        problems += [f"{where}{', '.join(keys)}: {closed[section]}"
+                     for section, keys in shut.items()]
+        if aliases:
+            given, found_notes, errors = aliases.translate(given, from_file=label is not None)
+            notes += [f"{label or 'command line'}: {note}" for note in found_notes]
+            problems += [f"{label or 'command line'}: {error}" for error in errors]
+        for key, value in given.items():
+            if key not in declared:
+                problems.append(f"{where}unknown key {spell(key)}"
+                                f"{hint(key, accepted, spell, suggestable)}")
+            elif value is not None:  # a YAML `key:` with no value keeps the default
+                config.content[declared[key]] = value
+            elif not label:
+                problems.append(f"--{key}: expected a value (--{key}=VALUE)")
+    for key in accepted:
+        if key in os.environ:
+            config.content[declared[key]] = os.environ[key]
+    return problems, notes
+
+
+def _value_problems(config, without_value) -> list[str]:
+    problems = []
+    for path in config.entries:
+        try:
+            config[path]
+        except MissingValueError:
+            if ".".join(path) not in without_value:  # reported already
+                problems.append(f"--{'.'.join(path)} is required")
+        except ValidationError:
+            problems.append(f"--{'.'.join(path)}={config.content.get(path)!r}: expected "
+                            f"{constraint(config.entries[path].checker)}")
+    return problems
 
 
 def parse(description: str, argv: list[str] | None = None, *, aliases=None,
@@ -166,61 +208,24 @@ def parse(description: str, argv: list[str] | None = None, *, aliases=None,
     `closed_sections`: {section: why} declared sections this script does not accept: refused
     when given, left out of --help, their keys keep their defaults.
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
     config = get_current_config()
     closed = closed_sections or {}
-    line = scan(argv)
+    line = scan(sys.argv[1:] if argv is None else list(argv))
     if line.help:
         footer = (f"{aliases.DIALECT}'s key names are accepted too, e.g. "
                   f"{', '.join(list(aliases.RENAMED)[:3])}, ... (see the docs' alias table)."
                   if aliases else "")
         print(help_text(Path(sys.argv[0]).name, description, config, closed, footer), end="")
         sys.exit(0)
-
-    declared = {".".join(path): path for path in config.entries}
-    accepted = [key for key, path in declared.items() if path[0] not in closed]
-    other_names = {k: v for k, v in (aliases.TARGETS.items() if aliases else ())
-                   if v is None or v in declared}
-    suggestable = {k: v for k, v in other_names.items() if v is None or v in accepted}
-    problems, notes = list(line.problems), []
-    for label, given in _sources(line, problems):
-        where = label or "command line"
-        spell = (lambda k: f"'{k}'") if label else (lambda k: f"--{k}")
-        shut: dict[str, list[str]] = {}  # closed section -> the keys given for it
-        for key in list(given):
-            ours = other_names.get(key, key) if aliases else key
-            if ours in declared and declared[ours][0] in closed:
-                shut.setdefault(declared[ours][0], []).append(spell(key))
-                del given[key]
-        problems += [f"{f'{label}: ' if label else ''}{', '.join(keys)}: {closed[section]}"
-                     for section, keys in shut.items()]
-        if aliases:
-            given, found_notes, errors = aliases.translate(given, from_file=label is not None)
-            notes += [f"{where}: {note}" for note in found_notes]
-            problems += [f"{where}: {error}" for error in errors]
-        for key, value in given.items():
-            if key not in declared:
-                problems.append(f"{f'{label}: ' if label else ''}unknown key {spell(key)}"
-                                f"{hint(key, accepted, spell, suggestable)}")
-            elif value is not None:  # a YAML `key:` with no value keeps the default
-                config.content[declared[key]] = value
-    for key in accepted:  # fastargs reads `section.key` environment variables too
-        if key in os.environ:
-            config.content[declared[key]] = os.environ[key]
-
-    for path in config.entries:
-        try:
-            config[path]
-        except MissingValueError:
-            problems.append(f"--{'.'.join(path)} is required")
-        except ValidationError:
-            problems.append(f"--{'.'.join(path)}={config.content.get(path)!r}: expected "
-                            f"{_describe(config, path)}")
+    problems, notes = _collect(config, line, closed, aliases)
+    problems += _value_problems(config, {k for k, v in line.values.items() if v is None})
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
     if problems:
-        _report(problems)
+        for message in problems:
+            print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
     values: dict[str, dict] = {}
     for path in config.entries:

@@ -54,7 +54,8 @@ def _integer(key: str, value, errors: list[str]) -> int | None:
         return None
 
 
-def translate(given: dict[str, Any], from_file: bool) -> tuple[dict[str, Any], list[str], list[str]]:
+def translate(given: dict[str, Any],
+              from_file: bool) -> tuple[dict[str, Any], list[str], list[str]]:
     """`given` ({'section.key': value} of one config file or of the command line) with
     ffcv-imagenet's keys replaced by ours. Returns (values, notes, errors). Its file's
     logging.folder is ignored (a parent folder there, the run folder here)."""

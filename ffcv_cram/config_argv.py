@@ -15,7 +15,8 @@ CONFIG_FILE_FLAGS = ("--config-file", "-C")
 class CommandLine:
     help: bool = False
     config_files: list[str] = field(default_factory=list)
-    values: dict[str, str] = field(default_factory=dict)  # 'section.key' -> text; the last one wins
+    # 'section.key' -> text (the last one wins), None: given without a value
+    values: dict[str, str | None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -48,7 +49,7 @@ def scan(argv: list[str]) -> CommandLine:
                 i += 1
                 line.values[key] = argv[i]
             else:
-                line.problems.append(f"{name}: expected a value ({name}=VALUE)")
+                line.values[key] = None
         else:
             line.problems.append(f"{arg!r}: not an option; options are --section.key=value "
                                  "(see --help)")

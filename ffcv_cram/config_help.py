@@ -9,7 +9,8 @@ from fastargs.validation import Float, Int, OneOf, Str
 WIDTH = 100
 
 
-def _constraint(checker) -> str:
+def constraint(checker) -> str:
+    """What a value must be, in words (fastargs' OneOf lists its set in no fixed order)."""
     if isinstance(checker, OneOf):
         return "one of " + " | ".join(sorted(str(v) for v in checker.possible_values))
     if isinstance(checker, Str):
@@ -44,7 +45,7 @@ def help_text(prog: str, description: str, config, closed_sections=(), footer: s
         lines += ["", f"{'.'.join(ns)}: {config.sections[ns].desc}"]
         for path in paths:
             param = config.entries[path]
-            lines.append(f"  --{'.'.join(path)}  ({_constraint(param.checker)}; "
+            lines.append(f"  --{'.'.join(path)}  ({constraint(param.checker)}; "
                          f"{_default(param)})")
             lines += textwrap.wrap(param.desc, WIDTH, initial_indent=" " * 6,
                                    subsequent_indent=" " * 6)

@@ -57,16 +57,17 @@ def test_a_command_line_typo_gets_the_key_it_meant(run_main):
 
 def test_every_mistake_on_the_command_line_is_reported_at_once(run_main):
     code, _, stderr = run_main("train_cifar.py", "--trainng.epochs=3", "--model.flip_tta=1",
-                               "--training.amp=fp8", "--cram.interval=0", "stray")
+                               "--training.amp=fp8", "--cram.interval=0", "stray", "--cram.rho")
     found = errors(stderr)
     assert code == 2 and "Traceback" not in stderr
     for expected in ("'stray': not an option",
                      "unknown key --trainng.epochs (did you mean --training.epochs?)",
                      "unknown key --model.flip_tta (did you mean --validation.flip_tta?)",
                      "--training.amp='fp8'", "--cram.interval='0'",
+                     "--cram.rho: expected a value (--cram.rho=VALUE)",
                      "--data.train_dataset is required", "--logging.folder is required"):
         assert sum(expected in line for line in found) == 1, (expected, stderr)
-    assert len(found) == 7
+    assert len(found) == 8
 
 
 def test_unknown_keys_in_a_yaml_file_are_reported_together(run_main, tmp_path):
