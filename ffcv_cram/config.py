@@ -160,9 +160,9 @@ def _collect(config, line, closed: dict[str, str], aliases) -> tuple[list[str], 
         spell = (lambda k: f"'{k}'") if label else (lambda k: f"--{k}")
         shut: dict[str, list[str]] = {}  # closed section -> the keys given for it
         for key in list(given):
-            ours = other_names.get(key, key)
-            if ours in declared and declared[ours][0] in closed:
-                shut.setdefault(declared[ours][0], []).append(spell(key))
+            section = (other_names.get(key) or key).partition(".")[0]
+            if section in closed:
+                shut.setdefault(section, []).append(spell(key))
                 del given[key]
         problems += [f"{where}{', '.join(keys)}: {closed[section]}"
                      for section, keys in shut.items()]
