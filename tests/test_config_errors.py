@@ -91,12 +91,12 @@ def test_a_key_of_no_likeness_lists_what_its_section_holds(run_main):
 def test_the_cifar_trainer_refuses_resolution_keys_naming_why(run_main, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("resolution:\n  min_res: 160\n  max_res: 192\n")
-    code, _, stderr = run_main("train_cifar.py", f"-C={config}", "--resolution.val_res=64",
+    code, _, stderr = run_main("train_cifar.py", f"-C={config}", "--resolution.val_rs=64",
                                "--data.train_dataset=t.beton", "--logging.folder=run")
     assert code == 2 and errors(stderr) == [
         f"error: {config}: 'resolution.min_res', 'resolution.max_res': the cifar style trains at "
         "the stored resolution; resolution.* is for train_imagenet.py",
-        "error: --resolution.val_res: the cifar style trains at the stored resolution; "
+        "error: --resolution.val_rs: the cifar style trains at the stored resolution; "
         "resolution.* is for train_imagenet.py"]
 
 
