@@ -1,19 +1,24 @@
 """Strict command-line configuration on top of fastargs, shared by every CLI.
 
 fastargs alone ignores unknown keys in config files and exits with status 0 on an invalid value.
-Here an unknown key (in a YAML/JSON file or on the command line), a missing required value or an
-invalid value is a one-line error naming the key, and the program exits with status 2.
+Here every unknown key (in a YAML/JSON file or on the command line, with the keys probably
+meant), missing required value and invalid value is a one-line error naming the key, all reported
+together, and the program exits with status 2.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from fastargs import get_current_config
 from fastargs.exceptions import MissingValueError, ValidationError
 from fastargs.validation import Checker
+
+from .config_argv import scan
+from .config_help import constraint, help_text
+from .config_suggest import hint
 
 EXIT_USAGE = 2
 
@@ -130,53 +135,95 @@ def _load_file(path: str) -> dict:
     return content
 
 
-def _describe(config, path) -> str:
-    param = config.entries[path]
-    return param.checker.help()
+def _sources(line, problems: list[str]):
+    """(file name, {'section.key': value}) of each config file in order, then (None, the
+    command line's)."""
+    for name in line.config_files:
+        try:
+            yield name, {".".join(path): value for path, value in _flatten(_load_file(name))}
+        except UsageError as err:
+            problems.append(str(err))
+    yield None, line.values
 
 
-def parse(description: str, argv: list[str] | None = None) -> dict[str, dict]:
-    """Parse the declared fastargs sections from `argv` (default: sys.argv[1:]) strictly.
+def _collect(config, line, closed: dict[str, str], aliases) -> tuple[list[str], list[str]]:
+    """Set the config's content from files, then the command line, then `section.key`
+    environment variables (as fastargs does). Returns (problems, notes)."""
+    declared = {".".join(path): path for path in config.entries}
+    accepted = [key for key, path in declared.items() if path[0] not in closed]
+    other_names = {k: v for k, v in (aliases.TARGETS.items() if aliases else ())
+                   if v is None or v in declared}
+    suggestable = {k: v for k, v in other_names.items() if v is None or v in accepted}
+    problems, notes = list(line.problems), []
+    for label, given in _sources(line, problems):
+        where = f"{label}: " if label else ""
+        spell = (lambda k: f"'{k}'") if label else (lambda k: f"--{k}")
+        shut: dict[str, list[str]] = {}  # closed section -> the keys given for it
+        for key in list(given):
+            section = (other_names.get(key) or key).partition(".")[0]
+            if section in closed:
+                shut.setdefault(section, []).append(spell(key))
+                del given[key]
+        problems += [f"{where}{', '.join(keys)}: {closed[section]}"
+                     for section, keys in shut.items()]
+        if aliases:
+            given, found_notes, errors = aliases.translate(given, from_file=label is not None)
+            notes += [f"{label or 'command line'}: {note}" for note in found_notes]
+            problems += [f"{label or 'command line'}: {error}" for error in errors]
+        for key, value in given.items():
+            if key not in declared:
+                problems.append(f"{where}unknown key {spell(key)}"
+                                f"{hint(key, accepted, spell, suggestable)}")
+            elif value is not None:  # a YAML `key:` with no value keeps the default
+                config.content[declared[key]] = value
+            elif not label:
+                problems.append(f"--{key}: expected a value (--{key}=VALUE)")
+    for key in accepted:
+        if key in os.environ:
+            config.content[declared[key]] = os.environ[key]
+    return problems, notes
 
-    Returns {section: {key: value}} with defaults filled in. Exits with status 2 on any mistake.
-    """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    config = get_current_config()
-    try:
-        files = argparse.ArgumentParser(add_help=False)
-        files.add_argument("--config-file", "-C", action="append", default=[])
-        known, _ = files.parse_known_args(argv)
-        for name in known.config_file:
-            for path, _ in _flatten(_load_file(name)):
-                if path not in config.entries:
-                    section = path[0]
-                    keys = sorted(".".join(p[1:]) for p in config.entries if p[0] == section)
-                    hint = (f"known keys of section '{section}': {', '.join(keys)}" if keys else
-                            f"known sections: {', '.join(sorted({p[0] for p in config.entries}))}")
-                    raise UsageError(f"{name}: unknown key '{'.'.join(path)}' ({hint})")
-    except UsageError as err:
-        fail(str(err))
 
-    parser = argparse.ArgumentParser(description=description)
-    saved_argv = sys.argv
-    sys.argv = [saved_argv[0]] + argv
-    try:
-        config.augment_argparse(parser)  # unknown --section.key arguments: argparse exits with 2
-        config.collect_argparse_args(parser)
-    finally:
-        sys.argv = saved_argv
-
-    errors = []
+def _value_problems(config, without_value) -> list[str]:
+    problems = []
     for path in config.entries:
         try:
             config[path]
         except MissingValueError:
-            errors.append(f"--{'.'.join(path)} is required")
+            if ".".join(path) not in without_value:  # reported already
+                problems.append(f"--{'.'.join(path)} is required")
         except ValidationError:
-            errors.append(f"--{'.'.join(path)}={config.content.get(path)!r}: expected "
-                          f"{_describe(config, path)}")
-    if errors:
-        for message in errors:
+            problems.append(f"--{'.'.join(path)}={config.content.get(path)!r}: expected "
+                            f"{constraint(config.entries[path].checker)}")
+    return problems
+
+
+def parse(description: str, argv: list[str] | None = None, *, aliases=None,
+          closed_sections: dict[str, str] | None = None) -> dict[str, dict]:
+    """Parse the declared fastargs sections from `argv` (default: sys.argv[1:]) strictly.
+
+    Returns {section: {key: value}} with defaults filled in. Every mistake (unknown keys, with the
+    keys probably meant, missing and invalid values) is reported at once; then exit status 2.
+    `aliases`: another tool's key names read as ours (a module like `config_aliases`).
+    `closed_sections`: {section: why} declared sections this script does not accept: refused
+    when given, left out of --help, their keys keep their defaults.
+    """
+    config = get_current_config()
+    closed = closed_sections or {}
+    line = scan(sys.argv[1:] if argv is None else list(argv))
+    if line.help:
+        footer = (f"{aliases.DIALECT}'s key names are accepted too, e.g. "
+                  f"{', '.join(list(aliases.RENAMED)[:3])}, ... (see the docs' alias table)."
+                  if aliases else "")
+        print(help_text(Path(sys.argv[0]).name, description, config, closed, footer), end="")
+        sys.exit(0)
+    problems, notes = _collect(config, line, closed, aliases)
+    problems += _value_problems(config, {k for k, v in line.values.items() if v is None})
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+    if problems:
+        for message in problems:
             print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 

@@ -124,7 +124,8 @@ def test_interrupted_and_resumed_run_is_bit_identical(data, cram_run, tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--training.optimzer=sgd"], "unrecognized arguments: --training.optimzer=sgd"),
+    (["--training.optimzer=sgd"],
+     "unknown key --training.optimzer (did you mean --training.optimizer?)"),
     (["--training.epochs=two"], "--training.epochs='two'"),
     (["--training.amp=fp8"], "--training.amp='fp8'"),
     (["--cram.sparsities=0.5,1.2"], "--cram.sparsities"),

@@ -220,7 +220,7 @@ def test_unusable_trees_are_refused(tmp_path, make, message):
     (["--cfg.jpeg_quality=0"], "jpeg_quality"),
     (["--cfg.jpeg_quality=101"], "jpeg_quality"),
     (["--cfg.data_dir=/no/such/dir"], "no such directory"),
-    (["--cfg.wirte_mode=raw"], "unrecognized arguments"),
+    (["--cfg.wirte_mode=raw"], "unknown key --cfg.wirte_mode (did you mean --cfg.write_mode?)"),
     (["--cfg.dataset=imagenet"], "ImageNet has 1000"),
 ])
 def test_invalid_arguments_refused_up_front(tree, tmp_path, args, message):

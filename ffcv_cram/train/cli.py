@@ -10,6 +10,7 @@ from fastargs.validation import OneOf
 
 from ..atomic import AtomicWriteError
 from ..choices import AMP_MODES, COMPILE_MODES, LR_SCHEDULES, METHODS
+from .. import config_aliases
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ..data.decode_choice import DECODES, JPEG_DECODERS, decode_problem, jpeg_decoder_problem
 from ..data.normalisation import CIFAR_INPUTS
@@ -210,9 +211,6 @@ def check(cfg: dict, style: str) -> None:
         if cfg["data"]["cifar_inputs"] != "reference":
             raise UsageError(f"--data.cifar_inputs={cfg['data']['cifar_inputs']}: only for the "
                              "cifar style")
-    elif any(r.values()):
-        raise UsageError("--resolution.*: the cifar style trains at the stored resolution; "
-                         "leave these unset")
     if cfg["checkpoint"]["keep_best"] and not cfg["data"]["val_dataset"]:
         raise UsageError("--checkpoint.keep_best=1 keeps the epoch with the best validation top-1; "
                          "give --data.val_dataset")
@@ -276,10 +274,19 @@ def _cuda_graph_problem(t: dict, c: dict) -> str | None:
     return None
 
 
+def parse_args(style: str, description: str, defaults: dict, argv=None) -> dict:
+    """The style's options (the cifar style has no resolution section), ffcv-imagenet's key
+    names read as ours."""
+    declare(defaults)
+    closed = {} if style == "imagenet" else {
+        "resolution": "the cifar style trains at the stored resolution; resolution.* is for "
+                      "train_imagenet.py"}
+    return parse(description, argv, aliases=config_aliases, closed_sections=closed)
+
+
 def main(style: str, description: str, defaults: dict, argv=None) -> int:
     treat_sigterm_as_ctrl_c()
-    declare(defaults)
-    cfg = parse(description, argv)
+    cfg = parse_args(style, description, defaults, argv)
     try:
         check(cfg, style)
         from .loop import run  # torch and ffcv: imported once the arguments are known to be valid
