@@ -25,8 +25,8 @@ from natural_images import NaturalImages
 def variants(args, device, full: dict) -> dict:
     # on the CPU (dry run) the kernel's variants take the reference crops: Triton's interpreter
     # needs seconds per image of a 500 px photograph; tests/test_jpeg_decoders.py runs the kernel
-    kernel = None if device.type == "cuda" else False
     on_cuda = device.type == "cuda"
+    kernel = None if on_cuda else False
     out = {
         "reference": GpuDecodeOptions("torchvision", 1, DecodeVariants(
             crop_kernel=False, region_decode=False, sync_handover=True)),
