@@ -81,9 +81,10 @@ class LoaderOptions:
     @classmethod
     def from_data_section(cls, data: dict, **others) -> LoaderOptions:
         """The options a command line's `data` section sets (a key it lacks keeps its default),
-        with `others` (style, device, sharding, ...) from the rest of the configuration."""
+        and `others` (device, sharding, ...; the trainer's style, which its section lacks), which
+        take precedence."""
         gpu = {name: data[key] for name, key in (("jpeg_decoder", "jpeg_decoder"),
                                                   ("prefetch", "gpu_prefetch")) if key in data}
-        taken = {key: data[key] for key in ("num_workers", "in_memory", "decode", "cifar_inputs")
-                 if key in data}
+        taken = {key: data[key] for key in ("style", "num_workers", "in_memory", "decode",
+                                            "cifar_inputs") if key in data}
         return cls(**{**taken, "gpu": GpuDecodeOptions(**gpu), **others})

@@ -81,8 +81,8 @@ def _loaders(cfg: dict, device: torch.device, indices):
     from ..data.pipelines import ImageLoader
     d, b = cfg["data"], cfg["bnt"]
     # validation and calibration loaders take turns (evaluate, tune, evaluate), never at once
-    options = LoaderOptions.from_data_section(
-        d, style=d["style"], num_workers=loader_threads(d["num_workers"]), device=device)
+    options = LoaderOptions.from_data_section(d, num_workers=loader_threads(d["num_workers"]),
+                                              device=device)
     if os.environ.get("RANK", "0") == "0":  # once, also when torchrun starts several processes
         print(thread_summary(d["num_workers"]), flush=True)
     val = ImageLoader(d["val_dataset"], train=False, batch_size=cfg["eval"]["batch_size"],
