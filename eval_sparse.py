@@ -18,8 +18,7 @@ from ffcv_cram.atomic import AtomicWriteError
 from ffcv_cram.choices import COMPILE_MODES
 from ffcv_cram.config import (EXIT_USAGE, FloatList, Flag, IntRange, StrList, UsageError, fail,
                               given_keys, parse)
-from ffcv_cram.data.decode_choice import DECODES, JPEG_DECODERS
-from ffcv_cram.data.normalisation import CIFAR_INPUTS
+from ffcv_cram.data.loading_params import loading_params
 from ffcv_cram.interrupts import treat_sigterm_as_ctrl_c
 from ffcv_cram.sweep.precision import EVAL_AMP
 
@@ -52,18 +51,7 @@ Section("data", "datasets").params(
                 default="imagenet"),
     resolution=Param(IntRange(1), "imagenet style: evaluation and calibration resolution (unset: "
                      "the training run's validation resolution)", default=224),
-    num_workers=Param(IntRange(0), "threads per loader (0: usable cores / processes per node)", default=0),
-    in_memory=Param(Flag(), "keep the datasets in the OS page cache", default=True),
-    decode=Param(OneOf(DECODES), "JPEG decode + augmentation: cpu (FFCV) | gpu (nvJPEG) | "
-                 "auto (gpu when evaluating on CUDA)", default="cpu"),
-    jpeg_decoder=Param(OneOf(JPEG_DECODERS), "with decode=gpu: auto (torchvision's nvJPEG, else "
-                       "TorchCodec, else nvImageCodec) | torchvision | torchcodec | nvimgcodec | cpu",
-                       default="auto"),
-    gpu_prefetch=Param(IntRange(1), "with decode=gpu: batches prepared ahead", default=2),
-    cifar_inputs=Param(OneOf(CIFAR_INPUTS), "cifar style: reference (the CrAM reference's std "
-                       "0.2023,0.1994,0.2010) | cifar10_std (0.2470,0.2435,0.2616: ffcv-cram runs "
-                       "before the reference's became the default) (unset: the training run's)",
-                       default="reference"),
+    **loading_params("evaluation"),
 )
 Section("prune", "one-shot pruning").params(
     method=Param(StrList(), "global | uniform | nm (several: comma-separated)", default="global"),

@@ -144,7 +144,7 @@ def run(folder: Path, args) -> int:
                 say(f"{name}: skipped ({skipped[name]})")
                 continue
         say(f"{name}: {loaders[name].jpeg_decoder}; kernel "
-            f"{loaders[name].device_batches.use_kernel}; prefetch {options['gpu_prefetch']}")
+            f"{loaders[name].device_batches.use_kernel}; prefetch {options['gpu'].prefetch}")
         if name == "reference" and not args.dry_run:  # the earlier path, checked in earlier runs
             continue
         checks[name] = check_against_cpu(path, options, args, device, cpu_run)

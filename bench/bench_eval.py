@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ffcv_cram.data.convert import convert
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import ImageLoader
 from ffcv_cram.data.synthetic import generate
 from ffcv_cram.models import get_model
@@ -32,7 +33,7 @@ def run(name, arch, classes, size, style, device, work, val_per_class, calib):
     for split in ("train", "val"):
         convert("folder", split, str(root / "shapes" / split), str(root / f"{split}.beton"),
                 write_mode="jpg" if style == "imagenet" else "raw", progress=False)
-    common = dict(style=style, resolution=224, device=device)
+    common = dict(resolution=224, options=LoaderOptions(style=style, device=device))
     val = ImageLoader(str(root / "val.beton"), train=False, batch_size=256, **common)
     cal = ImageLoader(str(root / "train.beton"), train=True, batch_size=128, drop_last=False, **common)
     for loader in (val, cal):  # JIT-compile the pipelines outside the timings

@@ -31,6 +31,7 @@ from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, ToTensor, ToTo
 from torchvision import transforms as T
 
 from ffcv_cram.data.convert import convert
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageLoader
 from ffcv_cram.data.seeded_decoder import SeededRandomResizedCrop
 from ffcv_cram.data.synthetic import generate
@@ -108,8 +109,8 @@ def main():
     loaders, jit_s = {}, {}
     start = time.perf_counter()
     loaders[IMAGELOADER] = ImageLoader(beton, train=True, batch_size=args.batch_size,
-                                       style="imagenet", resolution=args.resolution,
-                                       num_workers=args.workers)
+                                       resolution=args.resolution,
+                                       options=LoaderOptions(num_workers=args.workers))
     epoch(loaders[IMAGELOADER])
     jit_s[IMAGELOADER] = time.perf_counter() - start
     for name, seeded in ((SEEDED, True), (FFCV_OWN, False)):

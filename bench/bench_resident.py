@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's ffcv_cram
 from common import REPOSITORY, save_result, table  # noqa: E402
 from ffcv_cram.data.encoding import Encoding  # noqa: E402
+from ffcv_cram.data.loader_options import LoaderOptions  # noqa: E402
 from ffcv_cram.data.pipelines import ImageLoader  # noqa: E402
 from ffcv_cram.data.resident import ResidentLoader  # noqa: E402
 from ffcv_cram.data.writer import write_beton  # noqa: E402
@@ -56,8 +57,8 @@ def loaders(path: str, batch: int, device: torch.device, dtype: torch.dtype) -> 
     built["resident"] = (ResidentLoader(path, train=True, batch_size=batch, device=device,
                                         dtype=dtype), time.perf_counter() - start)
     start = time.perf_counter()
-    ffcv = ImageLoader(path, train=True, batch_size=batch, style="cifar", device=device,
-                       dtype=dtype)
+    ffcv = ImageLoader(path, train=True, batch_size=batch,
+                       options=LoaderOptions(style="cifar", device=device, dtype=dtype))
     next(iter(ffcv))  # the JIT compile happens at the first iteration
     built["FFCV loader"] = (ffcv, time.perf_counter() - start)
     return built

@@ -40,6 +40,7 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
+    from ffcv_cram.data.loader_options import LoaderOptions
     from ffcv_cram.data.pipelines import ImageLoader
     from ffcv_cram.data.threads import loader_threads
     from ffcv_cram.models import get_model
@@ -48,8 +49,9 @@ def worker(args) -> None:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         dist.init_process_group("gloo")
-    loader = ImageLoader(args.beton, train=True, batch_size=64, style="cifar", drop_last=False,
-                         num_workers=loader_threads(args.num_workers), seed=rank)
+    loader = ImageLoader(args.beton, train=True, batch_size=64, drop_last=False, seed=rank,
+                         options=LoaderOptions(style="cifar",
+                                               num_workers=loader_threads(args.num_workers)))
     model = get_model("resnet20", 10).to(memory_format=torch.channels_last)
     tune_batchnorm(model, loader, 2, channels_last=True)  # JIT compile and first batches
     if world > 1:

@@ -8,6 +8,7 @@ import torch
 
 from ffcv_cram.data import jpeg_decoders
 from ffcv_cram.data.encoded_bytes import HEADER_BYTES, JPG, EncodedBatch
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import ImageLoader
 from ffcv_cram.data.seeded_crops import random_crops_and_flips
 
@@ -23,7 +24,7 @@ PIXELS_OK = {"mean_abs_diff": 2.0, "p99_abs_diff": 12.0}  # the decoders' usual 
 def stored_batches(path, args, count: int) -> list:
     """`count` batches of (streams, sizes, boxes) read from the .beton (copies)."""
     loader = ImageLoader(path, train=True, batch_size=args.batch_size, resolution=args.resolution,
-                         num_workers=args.workers, decode="gpu", device="cpu", seed=0)
+                         seed=0, options=LoaderOptions(num_workers=args.workers, decode="gpu"))
     out = []
     epoch = loader._epoch_iterator()
     try:

@@ -12,6 +12,7 @@ import torch
 
 from ffcv_cram.data import jpeg_decoders
 from ffcv_cram.data.encoding import Encoding
+from ffcv_cram.data.loader_options import DecodeVariants, GpuDecodeOptions, LoaderOptions
 from ffcv_cram.data.pipelines import IMAGENET_STD, ImageLoader
 from ffcv_cram.data.writer import write_beton
 from ffcv_cram.models import get_model
@@ -25,18 +26,19 @@ from natural_images import NaturalImages
 def variants(args, device, full: dict) -> dict:
     # on the CPU (dry run) the kernel's variants take the reference crops: Triton's interpreter
     # needs seconds per image of a 500 px photograph; tests/test_jpeg_decoders.py runs the kernel
-    kernel = None if device.type == "cuda" else False
+    on_cuda = device.type == "cuda"
+    kernel = None if on_cuda else False
     out = {
-        "reference": dict(jpeg_decoder="torchvision", region_decode=False, crop_kernel=False,
-                          gpu_prefetch=1, sync_handover=True),
-        "quick": dict(jpeg_decoder="torchvision", region_decode=False, crop_kernel=kernel,
-                      gpu_prefetch=args.prefetch),
-        "full": dict(jpeg_decoder="auto", region_decode=True, crop_kernel=kernel,
-                     gpu_prefetch=args.prefetch),
+        "reference": GpuDecodeOptions("torchvision", 1, DecodeVariants(
+            crop_kernel=False, region_decode=False, sync_handover=True)),
+        "quick": GpuDecodeOptions("torchvision", args.prefetch, DecodeVariants(
+            crop_kernel=kernel, region_decode=False)),
+        "full": GpuDecodeOptions("nvimgcodec" if on_cuda else "auto", args.prefetch, DecodeVariants(
+            crop_kernel=kernel, region_decode=full["regions"] if on_cuda else True)),
     }
-    if device.type == "cuda":
-        out["full"].update(jpeg_decoder="nvimgcodec", region_decode=full["regions"],
-                           nvimgcodec_backends=full["backends"])
+    out = {name: dict(gpu=gpu) for name, gpu in out.items()}
+    if on_cuda:
+        out["full"]["nvimgcodec_backends"] = full["backends"]
     return out
 
 
@@ -101,11 +103,11 @@ def environment_variable(name: str, value: str | None):
 def build(path, options, args, device, batch_size=None, indices=None, dtype=None):
     options = dict(options)
     backends = options.pop("nvimgcodec_backends", None)  # read when the loader builds its decoder
+    loading = LoaderOptions(num_workers=args.workers, decode="gpu", device=device,
+                            dtype=dtype or args.dtype, **options)
     with environment_variable(jpeg_decoders.NVIMGCODEC_BACKENDS_ENV, backends):
         loader = ImageLoader(path, train=True, batch_size=batch_size or args.batch_size,
-                             resolution=args.resolution, num_workers=args.workers, decode="gpu",
-                             device=device, dtype=dtype or args.dtype, seed=0, indices=indices,
-                             **options)
+                             resolution=args.resolution, seed=0, indices=indices, options=loading)
     loader.device_batches = Timed(loader.device_batches, loader.device)
     return loader
 

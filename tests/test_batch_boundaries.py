@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import ImageLoader
 from ffcv_cram.runtime.evaluate import evaluate
 from indexed import IndexOracle, expected_top1, sample_index, write_indexed
@@ -37,8 +38,10 @@ def test_validation_batches_and_evaluation(beton, world, batch_size):
     model = IndexOracle(N)
     seen, counted = [], 0
     for rank in ranks:
-        loader = ImageLoader(beton, train=False, batch_size=batch_size, style="cifar", num_workers=1,
-                             distributed=world > 1, rank=rank, world_size=world)
+        loader = ImageLoader(beton, train=False, batch_size=batch_size,
+                             options=LoaderOptions(style="cifar", num_workers=1,
+                                                   distributed=world > 1, rank=rank,
+                                                   world_size=world))
         shard = sum(check_batches(loader, batch_size), [])
         assert len(shard) == loader.num_samples == len(range(rank, N, world))
         metrics = evaluate(model, loader)
@@ -64,9 +67,11 @@ def test_validation_batches_and_evaluation(beton, world, batch_size):
 def test_training_batches(beton, world, batch_size, drop_last, style, decode):
     seen = []
     for rank in range(world):
-        loader = ImageLoader(beton, train=True, batch_size=batch_size, style=style,
-                             resolution=32, num_workers=1, distributed=world > 1, rank=rank,
-                             world_size=world, drop_last=drop_last, seed=1, decode=decode)
+        loader = ImageLoader(beton, train=True, batch_size=batch_size, resolution=32,
+                             drop_last=drop_last, seed=1,
+                             options=LoaderOptions(style=style, num_workers=1,
+                                                   distributed=world > 1, rank=rank,
+                                                   world_size=world, decode=decode))
         shard = sum(check_batches(loader, batch_size, style), [])
         usable = N - N % world
         per_rank = usable // world

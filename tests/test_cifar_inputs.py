@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ffcv_cram.data.normalisation import CIFAR10_TRUE_STD, CIFAR_MEAN, CIFAR_STD, style_constants
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import ImageLoader
 from ffcv_cram.sweep import run_settings
 from ffcv_cram.train.loop import config_differences
@@ -25,8 +26,9 @@ def test_style_constants():
 
 def test_cifar10_std_inputs_are_the_earlier_ones(beton):  # noqa: F811
     """The true std, and the translate padded with zeros: the mean, once normalised."""
-    loader = ImageLoader(beton, train=True, batch_size=16, style="cifar", num_workers=1, seed=3,
-                         cifar_inputs="cifar10_std")
+    loader = ImageLoader(beton, train=True, batch_size=16, seed=3,
+                         options=LoaderOptions(style="cifar", num_workers=1,
+                                               cifar_inputs="cifar10_std"))
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10_TRUE_STD).view(1, 3, 1, 1)
     padded = 0

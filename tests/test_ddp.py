@@ -5,6 +5,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ffcv_cram import TopkCrAM, disable_running_stats, enable_running_stats
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import ImageLoader
 from ffcv_cram.runtime.dist import Context, broadcast_buffers
 from ffcv_cram.runtime.evaluate import evaluate
@@ -74,8 +75,8 @@ def _evaluate(rank, folder):
             model.bn.running_mean.fill_(5.0)
         wrapped = DDP(model)
         loader = ImageLoader(f"{folder}/val{n}.beton", train=False, batch_size=batch_size,
-                             style="cifar", num_workers=1, distributed=True, rank=rank,
-                             world_size=WORLD)
+                             options=LoaderOptions(style="cifar", num_workers=1, distributed=True,
+                                                   rank=rank, world_size=WORLD))
         broadcast_buffers(model, ctx)
         metrics = evaluate(wrapped, loader, ctx)  # evaluate runs the module inside the wrapper
         results[n] = {"metrics": metrics, "batches": len(loader)}
@@ -94,8 +95,8 @@ def test_validation_with_uneven_shards_counts_every_sample_once(tmp_path):
         results = [rank[n] for rank in ranks]
         assert results[0]["batches"] > results[1]["batches"]
         one_process = evaluate(IndexOracle(n), ImageLoader(
-            str(tmp_path / f"val{n}.beton"), train=False, batch_size=batch_size, style="cifar",
-            num_workers=1))
+            str(tmp_path / f"val{n}.beton"), train=False, batch_size=batch_size,
+            options=LoaderOptions(style="cifar", num_workers=1)))
         assert one_process["top1"] == pytest.approx(expected_top1(range(n), n))
         for result in results:
             assert result["metrics"]["samples"] == n  # every sample once, summed over the ranks

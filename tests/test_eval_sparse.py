@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ffcv_cram.data.convert import convert
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import ImageLoader
 from ffcv_cram.data.synthetic import generate
 from ffcv_cram.models import get_model
@@ -157,8 +158,8 @@ def test_bnt_recomputes_statistics_of_the_pruned_model_and_lowers_calibration_lo
     convert("folder", "train", str(tmp_path / "shapes" / "train"), str(tmp_path / "train.beton"),
             progress=False)
     torch.manual_seed(0)
-    train = ImageLoader(str(tmp_path / "train.beton"), train=True, batch_size=64, style="cifar",
-                        num_workers=1)
+    train = ImageLoader(str(tmp_path / "train.beton"), train=True, batch_size=64,
+                        options=LoaderOptions(style="cifar", num_workers=1))
     model = get_model("resnet20", 10).to(memory_format=torch.channels_last)
     opt = make_optimizer(model.parameters(),
                          OptimizerOptions(method="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4))
@@ -210,5 +211,5 @@ def test_last_batches_of_one_sample(tmp_path):
     model.eval()
     with torch.no_grad():  # one image at a time: no batching at all
         hits = sum(int(model(x).argmax(1) == y) for x, y in ImageLoader(
-            beton, train=False, batch_size=1, style="cifar", num_workers=1))
+            beton, train=False, batch_size=1, options=LoaderOptions(style="cifar", num_workers=1)))
     assert row["dense_top1"] == pytest.approx(100 * hits / 13)

@@ -9,6 +9,7 @@ import numba as nb
 import torch
 
 from ffcv_cram.data import ffcv_fixes
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import ImageLoader
 from indexed import write_indexed
 
@@ -16,8 +17,9 @@ CONFIGS = [dict(style=style, train=train, resolution=resolution)
            for style in ("imagenet", "cifar") for train in (True, False) for resolution in (16, 24)]
 
 
-def batches(beton, **config):
-    loader = ImageLoader(beton, batch_size=4, num_workers=1, **config)
+def batches(beton, style, **config):
+    loader = ImageLoader(beton, batch_size=4, **config,
+                         options=LoaderOptions(style=style, num_workers=1))
     return [(x.clone(), y.clone()) for x, y in loader]
 
 

@@ -32,6 +32,7 @@ from ffcv_cram.data import jpeg_decoders
 from ffcv_cram.data.gpu_augment import center_crops, normalize, resized_crops
 from ffcv_cram.data.gpu_decode import decode_whole_on_cpu
 from ffcv_cram.data.seeded_crops import random_crops_and_flips
+from ffcv_cram.data.loader_options import GpuDecodeOptions, LoaderOptions
 from ffcv_cram.data.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageLoader, LoaderError
 from ffcv_cram.data.prefetch import prefetch
 
@@ -143,8 +144,8 @@ def test_corrupt_jpegs_fall_back_and_are_counted(betons, tmp_path):
     from ffcv_cram.runtime.dist import Context
     from ffcv_cram.train.loop import _decode_counts, _decode_record, _print_epoch
     path = corrupt(betons["jpg"], tmp_path / "corrupt.beton")
-    loader = ImageLoader(path, train=False, batch_size=8, resolution=16, num_workers=1,
-                         decode="gpu", device="cpu")
+    loader = ImageLoader(path, train=False, batch_size=8, resolution=16,
+                         options=LoaderOptions(num_workers=1, decode="gpu", device="cpu"))
     for epoch in (1, 2):
         before = _decode_counts(loader)
         batches = [(x.clone(), y) for x, y in loader]
@@ -166,8 +167,8 @@ def test_corrupt_jpegs_fall_back_and_are_counted(betons, tmp_path):
 
 def test_validation_batches_match_a_per_image_reference(betons):
     path = betons["mixed"]
-    loader = ImageLoader(path, train=False, batch_size=10, resolution=20, num_workers=1,
-                         decode="gpu", device="cpu")
+    loader = ImageLoader(path, train=False, batch_size=10, resolution=20,
+                         options=LoaderOptions(num_workers=1, decode="gpu", device="cpu"))
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     samples = stored_samples(path)
     for x, y in loader:
@@ -185,8 +186,9 @@ def test_gpu_path_on_the_cpu_end_to_end(betons):
     def epoch_of(loader, epoch):
         loader.set_epoch(epoch)
         return [(x.clone(), y) for x, y in loader]
-    loader = ImageLoader(path, train=True, batch_size=5, resolution=24, num_workers=2,
-                         decode="gpu", device="cpu", dtype=torch.bfloat16, drop_last=False, seed=3)
+    loader = ImageLoader(path, train=True, batch_size=5, resolution=24, drop_last=False, seed=3,
+                         options=LoaderOptions(num_workers=2, decode="gpu", device="cpu",
+                                               dtype=torch.bfloat16))
     first = epoch_of(loader, 0)
     for x, y in first:
         assert x.shape[1:] == (3, 24, 24) and x.dtype == torch.bfloat16 and y.dtype == torch.int64
@@ -199,8 +201,9 @@ def test_gpu_path_on_the_cpu_end_to_end(betons):
     loader.set_resolution(40)  # progressive resizing: no new loader
     assert next(iter(loader))[0].shape == (5, 3, 40, 40)
     shards = [torch.cat([y for _, y in ImageLoader(
-        path, train=True, batch_size=4, resolution=16, num_workers=1, decode="gpu", device="cpu",
-        distributed=True, rank=r, world_size=2, seed=1, drop_last=False)]).tolist() for r in (0, 1)]
+        path, train=True, batch_size=4, resolution=16, seed=1, drop_last=False,
+        options=LoaderOptions(num_workers=1, decode="gpu", device="cpu", distributed=True, rank=r,
+                              world_size=2))]).tolist() for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == N // 2 and sorted(shards[0] + shards[1]) == list(range(N))
 
 
@@ -208,8 +211,9 @@ def test_cifar_style_gpu_path_equals_the_cpu_path(tmp_path):
     path = write_test_beton(tmp_path / "cifar.beton", noise, 40, labels=np.arange(40) % 10)
     for train in (True, False):
         runs = [[(x.clone(), y) for x, y in ImageLoader(
-            path, train=train, batch_size=16, style="cifar", num_workers=1, seed=2, decode=decode,
-            device="cpu")] for decode in ("cpu", "gpu")]
+            path, train=train, batch_size=16, seed=2,
+            options=LoaderOptions(style="cifar", num_workers=1, decode=decode, device="cpu"))]
+            for decode in ("cpu", "gpu")]
         assert len(runs[0]) == len(runs[1]) > 0
         for (a, ya), (b, yb) in zip(*runs):
             assert torch.equal(ya, yb) and torch.allclose(a, b, atol=1e-5)
@@ -217,16 +221,23 @@ def test_cifar_style_gpu_path_equals_the_cpu_path(tmp_path):
 
 
 def test_decode_choice_and_refusals(betons):
-    assert ImageLoader(betons["jpg"], train=False, batch_size=4, decode="auto").decode == "cpu"
+    assert ImageLoader(betons["jpg"], train=False, batch_size=4,
+                       options=LoaderOptions(decode="auto")).decode == "cpu"
     with pytest.raises(LoaderError, match="decode='nvjpeg'"):
-        ImageLoader(betons["jpg"], train=False, batch_size=4, decode="nvjpeg")
+        ImageLoader(betons["jpg"], train=False, batch_size=4,
+                    options=LoaderOptions(decode="nvjpeg"))
     with pytest.raises(LoaderError, match="images differ in size"):
-        ImageLoader(betons["jpg"], train=False, batch_size=4, style="cifar", decode="gpu")
+        ImageLoader(betons["jpg"], train=False, batch_size=4,
+                    options=LoaderOptions(style="cifar", decode="gpu"))
     with pytest.raises(LoaderError, match="jpeg_decoder='nvjpeg'"):
-        ImageLoader(betons["jpg"], train=False, batch_size=4, decode="gpu", jpeg_decoder="nvjpeg")
+        ImageLoader(betons["jpg"], train=False, batch_size=4,
+                    options=LoaderOptions(decode="gpu",
+                                          gpu=GpuDecodeOptions(jpeg_decoder="nvjpeg")))
     with pytest.raises(LoaderError, match="gpu_prefetch=0: must be >= 1"):
-        ImageLoader(betons["jpg"], train=False, batch_size=4, decode="gpu", gpu_prefetch=0)
-    loader = ImageLoader(betons["jpg"], train=False, batch_size=4, decode="gpu", device="cpu")
+        ImageLoader(betons["jpg"], train=False, batch_size=4,
+                    options=LoaderOptions(decode="gpu", gpu=GpuDecodeOptions(prefetch=0)))
+    loader = ImageLoader(betons["jpg"], train=False, batch_size=4,
+                         options=LoaderOptions(decode="gpu", device="cpu"))
     assert loader.jpeg_decoder.startswith("FFCV's libjpeg-turbo") and \
         loader.device_batches.uses_regions
 
@@ -310,8 +321,9 @@ def test_gpu_decoded_batches_match_cpu_decoded_ones(betons, decoder):
     path = betons["mixed"]
     for train in (True, False):
         runs = [[(x.float().cpu(), y.cpu()) for x, y in ImageLoader(
-            path, train=train, batch_size=8, resolution=32, num_workers=2, seed=4, decode="gpu",
-            device=device, drop_last=False, jpeg_decoder=jpeg)]
+            path, train=train, batch_size=8, resolution=32, seed=4, drop_last=False,
+            options=LoaderOptions(num_workers=2, decode="gpu", device=device,
+                                  gpu=GpuDecodeOptions(jpeg_decoder=jpeg)))]
             for device, jpeg in (("cpu", "auto"), ("cuda", decoder))]
         for (a, ya), (b, yb) in zip(*runs):
             assert torch.equal(ya, yb)  # same order, hence the same crops and flips
@@ -326,9 +338,9 @@ def test_gpu_loader_steady_state_never_synchronises(betons):
     import warnings
     if jpeg_decoders.unavailable_reason("nvimgcodec"):
         pytest.skip(jpeg_decoders.unavailable_reason("nvimgcodec"))
-    loader = ImageLoader(betons["mixed"], train=True, batch_size=4, resolution=32, num_workers=2,
-                         decode="gpu", device="cuda", drop_last=False, gpu_prefetch=2,
-                         jpeg_decoder="nvimgcodec")
+    loader = ImageLoader(betons["mixed"], train=True, batch_size=4, resolution=32, drop_last=False,
+                         options=LoaderOptions(num_workers=2, decode="gpu", device="cuda",
+                                               gpu=GpuDecodeOptions("nvimgcodec", prefetch=2)))
     batches = loader.epochs()
     next(batches)
     torch.cuda.synchronize()

@@ -14,6 +14,7 @@ import imagefiles
 from betons import write_test_beton
 from ffcv_cram.data import device_batches, gpu_augment, jpeg_decoders, prefetch as prefetch_module
 from ffcv_cram.data.encoded_bytes import JPG, RAW
+from ffcv_cram.data.loader_options import DecodeVariants, GpuDecodeOptions, LoaderOptions
 from ffcv_cram.data.pipelines import IMAGENET_STD, ImageLoader
 from ffcv_cram.data.seeded_crops import random_crops_and_flips
 from ffcv_cram.data.triton_crops import kernel_usable
@@ -33,10 +34,14 @@ def mixed(tmp_path_factory):  # sample i: label i
                             write_mode="proportion", compress_probability=0.6, jpeg_quality=90)
 
 
-def loader(path, **kw):
-    args = dict(train=True, batch_size=8, resolution=24, num_workers=1, decode="gpu", device="cpu",
-                seed=5, drop_last=False)
-    return ImageLoader(path, **{**args, **kw})
+def loader(path, gpu=GpuDecodeOptions(), **kw):
+    args = dict(train=True, batch_size=8, resolution=24, seed=5, drop_last=False)
+    options = LoaderOptions(num_workers=1, decode="gpu", device="cpu", gpu=gpu)
+    return ImageLoader(path, **{**args, **kw}, options=options)
+
+
+def variant(**kw):
+    return GpuDecodeOptions(variants=DecodeVariants(**kw))
 
 
 def batches(path, **kw):
@@ -77,7 +82,7 @@ def test_region_decode_gives_the_crops_of_whole_image_decode(mixed, train):
         return decode(streams, sizes, boxes, slot)
     regions.device_batches.decoder.decode = recording
     with_regions = [(x.clone(), y) for x, y in regions]
-    whole = batches(mixed, train=train, region_decode=False)
+    whole = batches(mixed, train=train, gpu=variant(region_decode=False))
     assert asked and all(asked)  # every JPEG batch asked for the crop boxes only
     assert [y.tolist() for _, y in with_regions] == [y.tolist() for _, y in whole]
     for (a, _), (b, _) in zip(with_regions, whole):  # same crops and flips, same pixels
@@ -100,9 +105,10 @@ def test_auto_falls_back_with_one_notice_and_the_same_crops(mixed, monkeypatch, 
     assert err.count("notice:") == 1, err
     assert ("notice: nvImageCodec is not installed (pip install -e .[gpu]); TorchCodec is not "
             "installed (pip install torchcodec); decoding JPEGs with torchvision") in err
-    chosen = batches(mixed, jpeg_decoder="torchvision")
+    chosen = batches(mixed, gpu=GpuDecodeOptions("torchvision"))
     assert all(torch.equal(a, b) and torch.equal(ya, yb) for (a, ya), (b, yb) in zip(auto, chosen))
-    ours = batches(mixed, jpeg_decoder="cpu")  # another libjpeg-turbo DCT: a grey level or so
+    # another libjpeg-turbo DCT: a grey level or so
+    ours = batches(mixed, gpu=GpuDecodeOptions("cpu"))
     for (a, ya), (b, yb) in zip(auto, ours):
         assert torch.equal(ya, yb)
         difference = ((a - b) * STD).abs()
@@ -114,7 +120,7 @@ def test_a_chosen_decoder_that_cannot_run_is_refused(mixed, monkeypatch):
     hide(monkeypatch, "torchcodec")
     from ffcv_cram.data.pipelines import LoaderError
     with pytest.raises(LoaderError, match="jpeg_decoder='torchcodec': TorchCodec is not installed"):
-        loader(mixed, jpeg_decoder="torchcodec")
+        loader(mixed, gpu=GpuDecodeOptions("torchcodec"))
 
 
 @pytest.mark.skipif(not kernel_usable(torch.device("cpu")), reason="needs TRITON_INTERPRET=1")
@@ -124,8 +130,9 @@ def test_crop_kernel_fed_by_the_pinned_table_equals_the_reference(mixed):
     modes = Reader(mixed).metadata["f0"]["mode"]
     picked = np.concatenate([np.flatnonzero(modes == JPG)[:2], np.flatnonzero(modes == RAW)[:2]])
     for decoder in ("cpu", "torchvision"):
-        kw = dict(batch_size=4, resolution=32, indices=picked, jpeg_decoder=decoder)
-        kernel, reference = batches(mixed, crop_kernel=True, **kw), batches(mixed, crop_kernel=False, **kw)
+        kw = dict(batch_size=4, resolution=32, indices=picked)
+        kernel, reference = [batches(mixed, gpu=GpuDecodeOptions(decoder, variants=DecodeVariants(
+            crop_kernel=crop_kernel)), **kw) for crop_kernel in (True, False)]
         assert len(kernel) == 1
         for (a, ya), (b, yb) in zip(kernel, reference):
             assert torch.equal(ya, yb) and a.is_contiguous(memory_format=torch.channels_last)
@@ -155,7 +162,8 @@ def test_steady_state_batches_make_no_host_synchronising_calls(mixed, monkeypatc
                 calls.append(f"{caller}: {name}")
             return original(*args, **kwargs)
         monkeypatch.setattr(owner, name, wrapper)
-    running = loader(mixed, batch_size=4, resolution=16, indices=np.arange(12), crop_kernel=True)
+    running = loader(mixed, batch_size=4, resolution=16, indices=np.arange(12),
+                     gpu=variant(crop_kernel=True))
     batches_seen = iter(running)
     next(batches_seen)  # start-up may synchronise (buffers, first decoder calls)
     for owner, name in SYNCING:

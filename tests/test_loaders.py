@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import (CIFAR_MEAN, CIFAR_STD, ImageLoader, LoaderError)
 from indexed import write_indexed
 
@@ -18,7 +19,8 @@ def labels_of(loader):
 
 
 def test_cifar_val_batches_are_normalised_channels_last_and_aligned(beton):
-    loader = ImageLoader(beton, train=False, batch_size=16, style="cifar", num_workers=1)
+    loader = ImageLoader(beton, train=False, batch_size=16,
+                         options=LoaderOptions(style="cifar", num_workers=1))
     seen = []
     for x, y in loader:
         assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
@@ -30,8 +32,8 @@ def test_cifar_val_batches_are_normalised_channels_last_and_aligned(beton):
 
 
 def test_random_order_is_a_seeded_permutation_per_epoch(beton):
-    loader = ImageLoader(beton, train=True, batch_size=10, style="cifar", num_workers=1,
-                         drop_last=False, seed=5)
+    loader = ImageLoader(beton, train=True, batch_size=10, drop_last=False, seed=5,
+                         options=LoaderOptions(style="cifar", num_workers=1))
     first, second = labels_of(loader), labels_of(loader)
     assert sorted(first) == sorted(second) == list(range(N)) and first != second
     loader.set_epoch(0)
@@ -39,19 +41,23 @@ def test_random_order_is_a_seeded_permutation_per_epoch(beton):
 
 
 def test_two_ranks_get_disjoint_shards_covering_the_data(beton):
-    shards = [labels_of(ImageLoader(beton, train=True, batch_size=7, style="cifar", num_workers=1,
-                                    distributed=True, rank=r, world_size=2, drop_last=False, seed=1))
+    shards = [labels_of(ImageLoader(beton, train=True, batch_size=7, drop_last=False, seed=1,
+                                    options=LoaderOptions(style="cifar", num_workers=1,
+                                                          distributed=True, rank=r, world_size=2)))
               for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == N // 2
     assert not set(shards[0]) & set(shards[1]) and set(shards[0]) | set(shards[1]) == set(range(N))
-    val = [labels_of(ImageLoader(beton, train=False, batch_size=8, style="cifar", num_workers=1,
-                                 distributed=True, rank=r, world_size=3)) for r in range(3)]
+    val = [labels_of(ImageLoader(beton, train=False, batch_size=8,
+                                 options=LoaderOptions(style="cifar", num_workers=1,
+                                                       distributed=True, rank=r, world_size=3)))
+           for r in range(3)]
     assert sorted(sum(val, [])) == list(range(N))
 
 
 def test_imagenet_style_dtype_and_resolution_change(beton):
-    loader = ImageLoader(beton, train=True, batch_size=12, style="imagenet", resolution=32,
-                         num_workers=1, dtype=torch.bfloat16)
+    loader = ImageLoader(beton, train=True, batch_size=12, resolution=32,
+                         options=LoaderOptions(style="imagenet", num_workers=1,
+                                               dtype=torch.bfloat16))
     x, _ = next(iter(loader))
     assert x.shape == (12, 3, 32, 32) and x.dtype == torch.bfloat16
     assert x.is_contiguous(memory_format=torch.channels_last)
@@ -69,15 +75,17 @@ def test_bad_arguments(beton, tmp_path):
     with pytest.raises(LoaderError, match="no such .beton"):
         ImageLoader(str(tmp_path / "missing.beton"), train=True, batch_size=4)
     with pytest.raises(LoaderError, match="rank"):
-        ImageLoader(beton, train=True, batch_size=4, distributed=True, rank=2, world_size=2)
+        ImageLoader(beton, train=True, batch_size=4,
+                    options=LoaderOptions(distributed=True, rank=2, world_size=2))
     with pytest.raises(LoaderError, match="quasi_random"):
-        ImageLoader(beton, train=True, batch_size=4, order="quasi_random", world_size=2,
-                    distributed=True, rank=0)
+        ImageLoader(beton, train=True, batch_size=4, order="quasi_random",
+                    options=LoaderOptions(world_size=2, distributed=True, rank=0))
 
 
 def test_cifar_train_augmentation_replays_exactly(beton):
     def epoch_batches(epoch):
-        loader = ImageLoader(beton, train=True, batch_size=20, style="cifar", num_workers=2, seed=3)
+        loader = ImageLoader(beton, train=True, batch_size=20, seed=3,
+                             options=LoaderOptions(style="cifar", num_workers=2))
         loader.set_epoch(epoch)
         return [(x.clone(), y) for x, y in loader]
     a, b = epoch_batches(1), epoch_batches(1)
@@ -114,7 +122,8 @@ def test_cifar_normalisation_and_crop_padding_are_the_references():
 def test_cifar_training_batches_are_padded_with_black(beton):
     """Sample i is a flat image of value i; a shift shows the padding at the border, which must
     read back as black (0) on the pixel scale, never as the mean (the old zero fill)."""
-    loader = ImageLoader(beton, train=True, batch_size=16, style="cifar", num_workers=1, seed=3)
+    loader = ImageLoader(beton, train=True, batch_size=16, seed=3,
+                         options=LoaderOptions(style="cifar", num_workers=1))
     mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     borders = 0
     for x, y in loader:

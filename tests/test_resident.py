@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from betons import noise, write_test_beton
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import ImageLoader, LoaderError
 from ffcv_cram.data.resident import ResidentLoader, available_bytes, fit_problem
 from test_start_batch import N, batches, beton, same  # noqa: F401 (fixture)
@@ -24,8 +25,10 @@ def resident(beton, **kw):
 @pytest.mark.parametrize("train,batch_size,rank,world_size", [
     (True, 8, 0, 1), (True, 4, 1, 2), (True, 5, 2, 3), (False, 8, 0, 1), (False, 7, 1, 2)])
 def test_batches_equal_the_ffcv_paths_bit_for_bit(beton, train, batch_size, rank, world_size):
-    ffcv = ImageLoader(beton, train=train, batch_size=batch_size, style="cifar", num_workers=1,
-                       seed=3, distributed=world_size > 1, rank=rank, world_size=world_size)
+    ffcv = ImageLoader(beton, train=train, batch_size=batch_size, seed=3,
+                       options=LoaderOptions(style="cifar", num_workers=1,
+                                             distributed=world_size > 1, rank=rank,
+                                             world_size=world_size))
     ours = resident(beton, train=train, batch_size=batch_size, seed=3, rank=rank,
                     world_size=world_size)
     assert len(ours) == len(ffcv)
@@ -38,7 +41,8 @@ def test_batches_equal_the_ffcv_paths_bit_for_bit(beton, train, batch_size, rank
 
 
 def test_jpeg_files_decode_once_like_the_ffcv_path(jpeg_beton):
-    ffcv = ImageLoader(jpeg_beton, train=True, batch_size=8, style="cifar", num_workers=1, seed=1)
+    ffcv = ImageLoader(jpeg_beton, train=True, batch_size=8, seed=1,
+                       options=LoaderOptions(style="cifar", num_workers=1))
     ours = resident(jpeg_beton, train=True, batch_size=8, seed=1)
     assert same(batches(ours, 0), batches(ffcv, 0))
 

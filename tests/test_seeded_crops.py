@@ -6,6 +6,7 @@ import torch
 from ffcv.fields.rgb_image import get_center_crop, get_random_crop
 
 from betons import varied_gradient, varied_size, write_test_beton
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageLoader
 from ffcv_cram.data.seeded_crops import random_crops_and_flips
 
@@ -98,8 +99,8 @@ def test_cpu_and_gpu_paths_crop_and_flip_each_sample_alike(betons):
     (a box off by one pixel is 3 grey levels away); validation is FFCV's centre crop."""
     size, seed, epoch = 16, 5, 2
     for decode in ("cpu", "gpu"):
-        loader = ImageLoader(betons["ramps"], train=True, batch_size=8, resolution=size,
-                             num_workers=1, seed=seed, decode=decode, drop_last=False)
+        loader = ImageLoader(betons["ramps"], train=True, batch_size=8, resolution=size, seed=seed,
+                             drop_last=False, options=LoaderOptions(num_workers=1, decode=decode))
         loader.set_epoch(epoch)
         flipped = 0
         for x, y in loader:
@@ -109,7 +110,7 @@ def test_cpu_and_gpu_paths_crop_and_flip_each_sample_alike(betons):
             flipped += flips.sum()
         assert 0 < flipped < N
         val = ImageLoader(betons["ramps"], train=False, batch_size=8, resolution=size,
-                          num_workers=1, decode=decode)
+                          options=LoaderOptions(num_workers=1, decode=decode))
         for x, y in val:
             boxes = np.array([get_center_crop(*size_of(i), None, 224 / 256) for i in y.tolist()])
             assert box_error(x, y, boxes, None, size) < 1.5, decode
@@ -130,8 +131,8 @@ def test_cpu_batches_replay_whatever_the_thread_count(betons):
     """JPEG and raw samples; each epoch's crops depend on that epoch only, not on the epochs the
     loader ran before (the compiled pipeline reads the epoch at every batch)."""
     def loader(workers, order=None):
-        return ImageLoader(betons["mixed"], train=True, batch_size=6, resolution=20,
-                           num_workers=workers, seed=11, order=order)
+        return ImageLoader(betons["mixed"], train=True, batch_size=6, resolution=20, seed=11,
+                           order=order, options=LoaderOptions(num_workers=workers))
     one = loader(1)
     first, second = epoch_batches(one), epoch_batches(one)
     two = loader(2)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from betons import noise, write_test_beton
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import ImageLoader, LoaderError
 
 N = 50  # with batches of 8: 6 whole batches and 2 samples that drop_last leaves out
@@ -29,9 +30,11 @@ def same(a, b):
 @pytest.mark.parametrize("style,decode,rank,world_size", [
     ("cifar", "cpu", 0, 1), ("imagenet", "gpu", 1, 2)])
 def test_a_resumed_epoch_is_the_rest_of_the_whole_epoch(beton, style, decode, rank, world_size):
-    loader = ImageLoader(beton, train=True, batch_size=4 if world_size > 1 else 8, style=style,
-                         resolution=24, num_workers=1, decode=decode, device="cpu", seed=7,
-                         distributed=world_size > 1, rank=rank, world_size=world_size)
+    loader = ImageLoader(beton, train=True, batch_size=4 if world_size > 1 else 8, resolution=24,
+                         seed=7,
+                         options=LoaderOptions(style=style, num_workers=1, decode=decode,
+                                               device="cpu", distributed=world_size > 1, rank=rank,
+                                               world_size=world_size))
     assert len(loader) == 6
     delivered = []
     if loader.device_batches is not None:  # every batch FFCV hands over is decoded here
@@ -49,6 +52,7 @@ def test_a_resumed_epoch_is_the_rest_of_the_whole_epoch(beton, style, decode, ra
 
 
 def test_start_batch_outside_the_epoch_is_refused(beton):
-    loader = ImageLoader(beton, train=True, batch_size=8, style="cifar", num_workers=1)
+    loader = ImageLoader(beton, train=True, batch_size=8,
+                         options=LoaderOptions(style="cifar", num_workers=1))
     with pytest.raises(LoaderError, match="start_batch=6: an epoch has 6 batches"):
         loader.set_epoch(0, 6)

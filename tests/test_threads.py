@@ -90,7 +90,7 @@ def test_eval_sparse_loaders_get_the_rule_or_the_users_choice(machine, capsys, g
     machine.setenv("LOCAL_WORLD_SIZE", "2")
     Recorder.built = []
     job._loaders(_eval_cfg(given), torch.device("cpu"), None)
-    assert [kw["num_workers"] for kw in Recorder.built] == [want, want]
+    assert [kw["options"].num_workers for kw in Recorder.built] == [want, want]
     assert capsys.readouterr().out.count(f"loader threads: {want} per loader") == 1
     machine.setenv("RANK", "1")  # the other processes of a torchrun launch print nothing
     job._loaders(_eval_cfg(given), torch.device("cpu"), None)
@@ -112,7 +112,7 @@ def test_trainer_loaders_get_the_rule_or_the_users_choice(machine, capsys, given
     for rank in (0, 1):
         Recorder.built = []
         loop._loaders(cfg, "cifar", Context(rank=rank, world_size=4), 0)
-        assert [kw["num_workers"] for kw in Recorder.built] == [want, want]
+        assert [kw["options"].num_workers for kw in Recorder.built] == [want, want]
         printed = capsys.readouterr().out
         assert printed.count("loader threads:") == (1 if rank == 0 else 0), printed
 
@@ -126,9 +126,11 @@ def test_the_loader_keeps_torch_threads_where_ffcv_would_move_them(machine, tmp_
     """FFCV sets torch's thread count to num_workers when a Loader is built and iterated."""
     path = write_test_beton(tmp_path / "constant.beton", small_constant, 24,
                             labels=np.arange(24) % 3)
+    from ffcv_cram.data.loader_options import LoaderOptions
     from ffcv_cram.data.pipelines import ImageLoader
     machine.setenv("OMP_NUM_THREADS", "1")
-    loader = ImageLoader(path, train=False, batch_size=8, style="cifar", num_workers=2)
+    loader = ImageLoader(path, train=False, batch_size=8,
+                         options=LoaderOptions(style="cifar", num_workers=2))
     assert loader.loader.num_workers == 2 and loader.num_workers == 2  # the user's choice
     assert torch.get_num_threads() == 1
     seen = []
@@ -137,5 +139,6 @@ def test_the_loader_keeps_torch_threads_where_ffcv_would_move_them(machine, tmp_
     assert seen == [1, 1, 1]
     machine.setenv("LOCAL_WORLD_SIZE", "4")  # 8 usable cores / 4 processes
     machine.delenv("OMP_NUM_THREADS")
-    assert ImageLoader(path, train=True, batch_size=8, style="cifar").loader.num_workers == 2
+    loader = ImageLoader(path, train=True, batch_size=8, options=LoaderOptions(style="cifar"))
+    assert loader.loader.num_workers == 2
     assert torch.get_num_threads() == 2

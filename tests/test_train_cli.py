@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import ImageLoader
 from ffcv_cram.models import get_model
 from ffcv_cram.config import UsageError
@@ -92,7 +93,7 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
     model = get_model("resnet20", 4).to(memory_format=torch.channels_last)
     model.load_state_dict(torch.load(folder / "final_weights.pt", weights_only=True))
     one_process = evaluate(model, ImageLoader(data["val_odd"], train=False, batch_size=31,
-                                              style="cifar", num_workers=1))
+                                              options=LoaderOptions(style="cifar", num_workers=1)))
     assert one_process["samples"] == 31  # every sample counted once, over both ranks:
     assert lines[-1]["val_top1"] == pytest.approx(one_process["top1"])
 

@@ -53,8 +53,6 @@ import warnings
 import numpy as np
 import torch
 
-from .decode_choice import JPEG_DECODERS
-
 AUTO_ORDER = {"cuda": ("torchvision", "torchcodec", "nvimgcodec"), "cpu": ("cpu",)}
 # nvImageCodec's backends on the GPU, in priority order: the hardware JPEG engine, then nvJPEG on
 # the CUDA cores (GPU Huffman decode), then nvJPEG with Huffman decode on the CPU
@@ -127,6 +125,16 @@ def unavailable_reason(name: str) -> str | None:
     raise ValueError(f"unknown JPEG decoder {name!r}")
 
 
+def jpeg_decoder_problem(jpeg_decoder: str) -> str | None:
+    """Why `--data.jpeg_decoder=<jpeg_decoder>` cannot be used here (None if it can): the choice
+    of a decoder that is not installed, or built for another CUDA than torch's. (A loader still
+    tests the decoder when it builds it, and refuses it then with the same kind of message.)"""
+    reason = unavailable_reason(jpeg_decoder)
+    if reason is None:
+        return None
+    return f"--data.jpeg_decoder={jpeg_decoder}: {reason}; use --data.jpeg_decoder=auto"
+
+
 def _installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -135,12 +143,10 @@ def _installed(module: str) -> bool:
 
 
 def choose_decoder(requested: str, device: torch.device, threads: int = 0) -> "JpegDecoder":
-    """The decoder for `device`: `requested` itself (DecoderUnavailable if it cannot run), or for
-    'auto' the first of AUTO_ORDER[device.type] that works, with one notice saying which and why."""
+    """The decoder for `device`: `requested` (one of decode_choice.JPEG_DECODERS) itself
+    (DecoderUnavailable if it cannot run), or for 'auto' the first of AUTO_ORDER[device.type]
+    that works, with one notice saying which and why."""
     device = torch.device(device)
-    if requested not in JPEG_DECODERS:
-        raise DecoderUnavailable(f"unknown JPEG decoder {requested!r}; choose one of "
-                                 + ", ".join(JPEG_DECODERS))
     if requested != "auto":
         decoder, reason = _build(requested, device, threads)
         if decoder is None:

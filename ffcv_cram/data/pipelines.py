@@ -32,24 +32,18 @@ from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage
 
 from . import ffcv_fixes  # noqa: F401  (before any Loader is built)
 from .augment import batch_generator, flip_translate
-from .decode_choice import DECODES
 from .device_batches import DeviceBatches
 from .encoded_bytes import JPG, EncodedImageBytes, largest_image_bytes
-from .jpeg_decoders import JPEG_DECODERS, DecoderUnavailable, choose_decoder
-from .normalisation import (CIFAR_INPUTS, CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN,  # noqa: F401
-                            IMAGENET_STD, normalised_black, style_constants)  # (re-exported)
+from .jpeg_decoders import DecoderUnavailable, choose_decoder
+from .loader_options import LoaderError, LoaderOptions
+from .normalisation import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
+                            normalised_black, style_constants)  # (re-exported)
 from .prefetch import prefetch
 from .seeded_decoder import SeededRandomResizedCrop
 from .start_batch import StartAtBatch
 from .threads import loader_threads, torch_threads
 
-DEFAULT_CROP_RATIO = 224 / 256
-STYLES = ("imagenet", "cifar")
 ORDERS = ("random", "quasi_random", "sequential")
-
-
-class LoaderError(Exception):
-    """A loader cannot be built from these arguments (one-line message)."""
 
 
 class ShardedOrder(TraversalOrder):
@@ -74,7 +68,8 @@ def _dist_rank_world() -> tuple[int, int]:
 
 
 class ImageLoader:
-    """An FFCV loader of (images, labels) batches.
+    """An FFCV loader of (images, labels) batches of the .beton file `path`, loaded as `options`
+    (`loader_options.LoaderOptions`, shared by a run's loaders) say.
 
     `indices` restricts the loader to those samples (e.g. a seeded calibration subset).
     style 'imagenet': train = RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip, drawn per
@@ -84,15 +79,11 @@ class ImageLoader:
     RandomCrop(32, padding=4), seeded per (seed, epoch, batch) so runs replay exactly
     (`ffcv_cram.data.augment`), val = the stored image. Both normalised with the style's
     mean/std (`normalisation`: for CIFAR the reference's; `cifar_inputs='cifar10_std'`: the true
-    std and padding with the mean, as ffcv-cram before). `decode` 'gpu' decodes and augments on `device` with `jpeg_decoder` ('auto': on
-    CUDA torchvision's nvJPEG, else TorchCodec, else nvImageCodec, one notice saying which; on a CPU
-    device FFCV's libjpeg-turbo, so the same code runs on CPU tensors): the same crops and flips
-    for the same sample as 'cpu', resampled with anti-aliased bilinear (FFCV: OpenCV's
-    INTER_AREA), `gpu_prefetch` (>= 1) batches ahead of the caller. Corrupt JPEGs are counted in
-    `decode_fallbacks` (decoded on the CPU instead) and `decode_failures` (replaced by a blank
-    image); the cpu path has no such counts. For benchmarks: `crop_kernel` (None: the Triton
-    kernel on CUDA), `region_decode` (decode only the crop where the decoder can) and
-    `sync_handover` (the earlier host-synchronised hand-over).
+    std and padding with the mean, as ffcv-cram before). `decode` 'gpu' decodes and augments on
+    `device` with `options.gpu` (`GpuDecodeOptions`): the same crops and flips for the same sample
+    as 'cpu', resampled with anti-aliased bilinear (FFCV: OpenCV's INTER_AREA), `gpu.prefetch`
+    batches ahead of the caller. Corrupt JPEGs are counted in `decode_fallbacks` (decoded on the
+    CPU instead) and `decode_failures` (replaced by a blank image); the cpu path has no such counts.
 
     `num_workers` <= 0 picks this process's share of the usable cores (`threads.loader_threads`;
     pass the share yourself when several loaders iterate at the same time). FFCV sets torch's
@@ -101,64 +92,50 @@ class ImageLoader:
     share of the cores), so that torchrun's processes do not oversubscribe the CPU.
     """
 
-    def __init__(self, path: str, *, train: bool, batch_size: int, style: str = "imagenet",
-                 resolution: int = 224, num_workers: int = 0, device="cpu",
-                 dtype: torch.dtype = torch.float32, distributed: bool = False,
-                 rank: int | None = None, world_size: int | None = None, in_memory: bool = True,
-                 seed: int = 0, drop_last: bool | None = None, order: str | None = None,
-                 crop_ratio: float = DEFAULT_CROP_RATIO, channels_last: bool = True,
-                 indices=None, decode: str = "cpu", jpeg_decoder: str = "auto",
-                 gpu_prefetch: int = 2, crop_kernel: bool | None = None,
-                 region_decode: bool = True, sync_handover: bool = False,
-                 cifar_inputs: str = "reference"):
+    def __init__(self, path: str, *, train: bool, batch_size: int, resolution: int = 224,
+                 seed: int = 0, order: str | None = None, drop_last: bool | None = None,
+                 indices=None, options: LoaderOptions = LoaderOptions()):
         if not os.path.isfile(path):
             raise LoaderError(f"{path}: no such .beton file (write it with write_datasets.py)")
-        if style not in STYLES:
-            raise LoaderError(f"style={style!r}: must be one of {', '.join(STYLES)}")
-        if decode not in DECODES:
-            raise LoaderError(f"decode={decode!r}: must be one of {', '.join(DECODES)}")
         if batch_size < 1 or resolution < 1:
             raise LoaderError("batch_size and resolution must be >= 1")
-        if jpeg_decoder not in JPEG_DECODERS:
-            raise LoaderError(f"jpeg_decoder={jpeg_decoder!r}: must be one of "
-                              f"{', '.join(JPEG_DECODERS)}")
-        if gpu_prefetch < 1:
-            raise LoaderError(f"gpu_prefetch={gpu_prefetch}: must be >= 1")
-        if cifar_inputs not in CIFAR_INPUTS:
-            raise LoaderError(f"cifar_inputs={cifar_inputs!r}: must be one of {', '.join(CIFAR_INPUTS)}")
         order = order or ("random" if train else "sequential")
         if order not in ORDERS:
             raise LoaderError(f"order={order!r}: must be one of {', '.join(ORDERS)}")
-        if distributed:
+        rank, world_size = options.rank, options.world_size
+        if options.distributed:
             dist_rank, dist_world = _dist_rank_world()
             rank = dist_rank if rank is None else rank
             world_size = dist_world if world_size is None else world_size
         rank, world_size = rank or 0, world_size or 1
         if not 0 <= rank < world_size:
             raise LoaderError(f"rank={rank} is outside world_size={world_size}")
-        if order == "quasi_random" and (world_size > 1 or in_memory):
+        if order == "quasi_random" and (world_size > 1 or options.in_memory):
             raise LoaderError("order=quasi_random works only with one process and in_memory=False")
-        self.device = torch.device(device)
+        style, gpu = options.style, options.gpu
+        self.device = torch.device(options.device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.dtype, self.train, self.style = dtype, train, style
-        self.channels_last = channels_last
-        self.decode = decode if decode != "auto" else ("gpu" if self.device.type == "cuda" else "cpu")
-        mean, std, pad_black = style_constants(style, cifar_inputs)
+        self.dtype, self.train, self.style = options.dtype, train, style
+        self.channels_last = options.channels_last
+        self.decode = options.decode if options.decode != "auto" else \
+            ("gpu" if self.device.type == "cuda" else "cpu")
+        mean, std, pad_black = style_constants(style, options.cifar_inputs)
         self.seed = seed
         self.on_gpu = self.device.type == "cuda"
         self.decoder, self.device_batches = None, None
-        self.gpu_prefetch, self.sync_handover = gpu_prefetch, sync_handover
+        self.gpu_prefetch, self.sync_handover = gpu.prefetch, gpu.variants.sync_handover
         if self.decode == "gpu":
             image_ops, label_ops = [_bytes_reader(path)], [IntDecoder(), ToTensor()]
         else:
-            self.decoder = self._decoder(style, train, resolution, crop_ratio, seed)
+            self.decoder = self._decoder(style, train, resolution, options.crop_ratio, seed)
             image_ops, label_ops = self._cpu_pipelines(style, train, mean, std)
-        self.num_workers = loader_threads(num_workers)
+        self.num_workers = loader_threads(options.num_workers)
         self.torch_threads = torch_threads()
         self.loader = Loader(
             path, batch_size=batch_size, num_workers=self.num_workers,
-            os_cache=in_memory, seed=seed, drop_last=train if drop_last is None else drop_last,
+            os_cache=options.in_memory, seed=seed,
+            drop_last=train if drop_last is None else drop_last,
             order=OrderOption.QUASI_RANDOM if order == "quasi_random" else OrderOption.SEQUENTIAL,
             pipelines={"image": image_ops, "label": label_ops},
             indices=None if indices is None else np.asarray(indices, dtype=np.uint64))
@@ -168,14 +145,17 @@ class ImageLoader:
                 _check_one_size(path, self.loader.reader)
             jpegs = _has_jpegs(self.loader.reader)  # a raw-only dataset needs no decoder
             try:
-                jpeg = choose_decoder(jpeg_decoder, self.device, self.num_workers) if jpegs else None
+                jpeg = choose_decoder(gpu.jpeg_decoder, self.device, self.num_workers) \
+                    if jpegs else None
             except DecoderUnavailable as err:
-                raise LoaderError(f"decode='gpu' with jpeg_decoder={jpeg_decoder!r}: {err}; choose "
-                                  "another ('auto' takes one that works) or decode='cpu'") from None
+                raise LoaderError(f"decode='gpu' with jpeg_decoder={gpu.jpeg_decoder!r}: {err}; "
+                                  "choose another ('auto' takes one that works) or decode='cpu'"
+                                  ) from None
             self.device_batches = DeviceBatches(
-                self.device, style, train, resolution, crop_ratio, mean, std, dtype, channels_last,
-                seed, decoder=jpeg, slots=gpu_prefetch + 1, crop_kernel=crop_kernel,
-                region_decode=region_decode, pad_black=pad_black)
+                self.device, style, train, resolution, options.crop_ratio, mean, std, self.dtype,
+                self.channels_last, seed, decoder=jpeg, slots=gpu.prefetch + 1,
+                crop_kernel=gpu.variants.crop_kernel, region_decode=gpu.variants.region_decode,
+                pad_black=pad_black)
         if order != "quasi_random":
             self.loader.traversal_order = ShardedOrder(self.loader, rank, world_size,
                                                        shuffle=order == "random")

@@ -6,7 +6,8 @@ import os
 import numpy as np
 
 from ..config import UsageError, num_classes as config_num_classes
-from ..data.decode_choice import decode_problem, jpeg_decoder_problem
+from ..data.decode_choice import decode_problem
+from ..data.jpeg_decoders import jpeg_decoder_problem
 from ..models import available_models
 from ..sparsity.masks import parse_pattern
 from .datasets import labels_of
@@ -39,7 +40,7 @@ def check_arguments(cfg: dict) -> tuple[list[Target], list[str], float | None]:
     if e["compile_mode"] != "default" and not e["compile"]:
         raise UsageError(f"--eval.compile_mode={e['compile_mode']}: needs --eval.compile=1")
     problem = (decode_problem(d["decode"], "--eval.device", e["device"])
-               or jpeg_decoder_problem(d.get("jpeg_decoder", "auto")))
+               or jpeg_decoder_problem(d["jpeg_decoder"]))
     if problem:
         raise UsageError(problem)
     for method in p["method"]:

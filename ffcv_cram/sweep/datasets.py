@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.pipelines import DEFAULT_CROP_RATIO
+from ..data.loader_options import DEFAULT_CROP_RATIO
 
 MAX_UPSAMPLING = 2.0
 SMALL_IMAGES = 64  # px: a stored short side up to this is CIFAR-sized data

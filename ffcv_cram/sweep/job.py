@@ -77,22 +77,21 @@ def evaluated_model(cfg: dict, model: nn.Module, device: torch.device) -> nn.Mod
 def _loaders(cfg: dict, device: torch.device, indices):
     """The validation loader, and the calibration loader (None without batch-norm tuning);
     prints the thread count once."""
+    from ..data.loader_options import LoaderOptions
     from ..data.pipelines import ImageLoader
     d, b = cfg["data"], cfg["bnt"]
     # validation and calibration loaders take turns (evaluate, tune, evaluate), never at once
-    common = dict(style=d["style"], resolution=d["resolution"],
-                  num_workers=loader_threads(d["num_workers"]), device=device,
-                  in_memory=d["in_memory"], decode=d["decode"],
-                  jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2),
-                  cifar_inputs=d.get("cifar_inputs", "reference"))
+    options = LoaderOptions.from_data_section(d, num_workers=loader_threads(d["num_workers"]),
+                                              device=device)
     if os.environ.get("RANK", "0") == "0":  # once, also when torchrun starts several processes
         print(thread_summary(d["num_workers"]), flush=True)
-    val = ImageLoader(d["val_dataset"], train=False, batch_size=cfg["eval"]["batch_size"], **common)
+    val = ImageLoader(d["val_dataset"], train=False, batch_size=cfg["eval"]["batch_size"],
+                      resolution=d["resolution"], options=options)
     if not b["batches"]:
         return val, None
     calib = ImageLoader(d["calib_dataset"] or d["train_dataset"], train=b["augment"],
-                        batch_size=b["batch_size"], drop_last=False, seed=b["seed"],
-                        indices=indices, **common)
+                        batch_size=b["batch_size"], resolution=d["resolution"], drop_last=False,
+                        seed=b["seed"], indices=indices, options=options)
     return val, calib
 
 

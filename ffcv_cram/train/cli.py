@@ -12,8 +12,8 @@ from ..atomic import AtomicWriteError
 from ..choices import AMP_MODES, COMPILE_MODES, LR_SCHEDULES, METHODS
 from .. import config_aliases
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
-from ..data.decode_choice import DECODES, JPEG_DECODERS, decode_problem, jpeg_decoder_problem
-from ..data.normalisation import CIFAR_INPUTS
+from ..data.decode_choice import decode_problem
+from ..data.loading_params import loading_params
 from ..interrupts import treat_sigterm_as_ctrl_c
 from .global_batch import LR_SCALINGS, effective_lr
 from .input_files import check_input_files
@@ -27,20 +27,8 @@ def declare(defaults: dict) -> None:
     Section("data", "datasets and loading").params(
         train_dataset=Param(str, "training .beton", required=True),
         val_dataset=Param(str, "validation .beton ('' to skip evaluation)", default=""),
-        num_workers=Param(IntRange(0), "threads per loader (0: usable cores / processes per node)", default=0),
-        in_memory=Param(Flag(), "keep the whole .beton in the OS page cache", default=True),
+        **loading_params("training"),
         order=Param(OneOf(["random", "quasi_random"]), "training order", default="random"),
-        decode=Param(OneOf(DECODES), "JPEG decode + augmentation: cpu (FFCV) | gpu (nvJPEG) | "
-                     "auto (gpu when training on CUDA)", default="cpu"),
-        jpeg_decoder=Param(OneOf(JPEG_DECODERS), "with decode=gpu: auto (torchvision's nvJPEG, "
-                           "else TorchCodec, else nvImageCodec) | torchvision | torchcodec | "
-                           "nvimgcodec | cpu", default="auto"),
-        gpu_prefetch=Param(IntRange(1), "with decode=gpu: batches prepared ahead of training",
-                           default=2),
-        cifar_inputs=Param(OneOf(CIFAR_INPUTS), "cifar style: reference (the CrAM reference's "
-                           "std 0.2023,0.1994,0.2010, translate padded with black) | cifar10_std "
-                           "(CIFAR-10's std 0.2470,0.2435,0.2616, padded with the mean: runs of "
-                           "ffcv-cram before 0.2023 became the default)", default="reference"),
         resident=Param(Flag(), "cifar style: decode the .beton files once into device memory and "
                        "augment batches there (no loader threads; refused if they do not fit)",
                        default=d("data.resident", False)),
@@ -182,8 +170,9 @@ def check(cfg: dict, style: str) -> None:
     except ValueError as err:
         raise UsageError(f"--cram.patterns: {err}") from None
     _check_resident(cfg["data"], style)
+    from ..data.jpeg_decoders import jpeg_decoder_problem
     problem = (decode_problem(cfg["data"]["decode"], "--training.device", t["device"])
-               or jpeg_decoder_problem(cfg["data"].get("jpeg_decoder", "auto")))
+               or jpeg_decoder_problem(cfg["data"]["jpeg_decoder"]))
     if problem:
         raise UsageError(problem)
     if cfg["checkpoint"]["every_steps"] and cfg["data"]["order"] == "quasi_random":

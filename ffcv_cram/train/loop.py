@@ -20,7 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..atomic import remove_stale_temporaries, torch_save
 from ..config import UsageError, num_classes as config_num_classes
-from ..data.pipelines import ImageLoader, LoaderError
+from ..data.loader_options import LoaderError, LoaderOptions
+from ..data.pipelines import ImageLoader
 from ..data.resident import ResidentLoader
 from ..data.threads import loader_threads, local_processes, thread_summary, usable_cores
 from ..models import get_model
@@ -134,20 +135,19 @@ def _ffcv_loaders(cfg: dict, style: str, ctx: Context, start_epoch: int):
     d, t, v = cfg["data"], cfg["training"], cfg["validation"]
     # the training and validation loaders take turns (an epoch ends before evaluation starts),
     # so each may use the process's whole share of the cores
-    common = dict(style=style, num_workers=loader_threads(d["num_workers"]), device=ctx.device,
-                  distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size,
-                  in_memory=d["in_memory"], channels_last=t["channels_last"], decode=d["decode"],
-                  jpeg_decoder=d.get("jpeg_decoder", "auto"), gpu_prefetch=d.get("gpu_prefetch", 2),
-                  cifar_inputs=d["cifar_inputs"])
+    options = LoaderOptions.from_data_section(
+        d, style=style, num_workers=loader_threads(d["num_workers"]), device=ctx.device,
+        distributed=ctx.distributed, rank=ctx.rank, world_size=ctx.world_size,
+        channels_last=t["channels_last"])
     train = ImageLoader(d["train_dataset"], train=True,
                         batch_size=cfg["batch_plan"]["batch_size_per_process"],
                         resolution=_resolutions(cfg, style, start_epoch) or 224,
-                        seed=t["seed"], order=d["order"], **common)
+                        seed=t["seed"], order=d["order"], options=options)
     val = None
     if d["val_dataset"]:
         res = cfg["resolution"]["val_res"] if style == "imagenet" else 224
         val = ImageLoader(d["val_dataset"], train=False, batch_size=v["batch_size"],
-                          resolution=res, **common)
+                          resolution=res, options=options)
     if ctx.is_main:
         print(thread_summary(d["num_workers"]), flush=True)
     return train, val
