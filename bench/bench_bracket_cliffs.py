@@ -23,6 +23,7 @@ import time
 import torch
 import torchvision
 
+from ffcv_cram.kernels.triton_bracket import BLOCK, _PARTIAL
 from ffcv_cram.kernels.triton_select import bracket_plan, layout, select
 from ffcv_cram.sparsity.masks import prunable_weights, selection_groups
 
@@ -90,7 +91,7 @@ def mask_times(weight_sets, clock, repeats, sparsities):
 def cliffs(weights, clock, repeats, gauss_radix_s):
     """Each pattern at CLIFF_SPARSITY: bracket vs radix time, misses, masks equal."""
     groups, counts = selection_groups(weights, CLIFF_SPARSITY, "global")
-    space = bracket_plan(layout(weights, groups, 4096), weights, groups,
+    space = bracket_plan(layout(weights, groups, BLOCK), weights, groups,
                          weights[0].device).workspace
     rows = []
     for name, ws in cliff_weights(weights).items():
@@ -103,7 +104,7 @@ def cliffs(weights, clock, repeats, gauss_radix_s):
                            force_miss=force), repeats, label=name))
         calls = repeats + (1 if clock.cuda else 0)  # (the queued clock warms up once)
         misses = int(space.misses) - before
-        partial = bool(space.state[5])
+        partial = bool(space.state[_PARTIAL])
         radix_s = median(clock.queued(
             lambda: select(ws, groups, counts, radix_masks, False, method="radix"), repeats,
             label=f"{name} radix"))
