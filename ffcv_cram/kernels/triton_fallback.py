@@ -37,8 +37,9 @@ CHUNK = tl.constexpr(4096)  # the layout's chunk size (triton_bracket.BLOCK)
 # workspace slots. counters: programs done (the last one finishes a pass) of the resolve launch,
 # the fine pass and the tie count. state: the threshold key, ties to prune, ties in total, partial
 # tie, miss (written by the pick or the fine pass); the fallback's coarse bin and rank in it.
-_RESOLVED, _FINE_DONE, _COUNTED = 2, 3, 5
-_THRESHOLD, _TO_PRUNE, _TIES, _PARTIAL, _MISS, _BIN, _RANK = 2, 3, 4, 5, 6, 10, 11
+_RESOLVED, _FINE_DONE, _COUNTED = tl.constexpr(2), tl.constexpr(3), tl.constexpr(5)
+_THRESHOLD, _TO_PRUNE, _TIES = tl.constexpr(2), tl.constexpr(3), tl.constexpr(4)
+_PARTIAL, _MISS, _BIN, _RANK = tl.constexpr(5), tl.constexpr(6), tl.constexpr(10), tl.constexpr(11)
 
 
 @triton.jit
