@@ -96,3 +96,21 @@ def test_layouts_beyond_int32_offsets_take_the_radix_path(monkeypatch):
     assert getattr(triton_select.layout(tensors, groups, triton_select.BLOCK), "bracket",
                    None) is None
     assert_masks_equal_torch_path(tensors, masks, 0.5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("force_miss", [False, True], ids=["fast_path", "forced_miss"])
+def test_ties_scanned_across_the_chunks_of_one_tensor(device, force_miss):
+    # 5 chunks of one channels_last tensor, 90 % exact zeros: a chunk's memory-order keys are not
+    # its row-major ones, and the ties to keep start in a middle chunk
+    w = already_pruned(1, n=64 * 32 * 9).reshape(64, 32, 3, 3)
+    tensors = [w.contiguous(memory_format=torch.channels_last).to(device)]
+    groups, counts = selection_groups(tensors, 0.5, "global")
+    masks = [torch.empty_like(tensors[0], dtype=torch.bool)]
+    triton_select.select(tensors, groups, counts, masks, zero=False, method="bracket",
+                         force_miss=force_miss)
+    assert_masks_equal_torch_path(tensors, masks, 0.5)
+    space = plan_of(tensors).workspace
+    assert int(space.misses) == int(force_miss)
+    assert space.state.cpu()[triton_bracket._PARTIAL] == 1
+    assert_clean(space)
