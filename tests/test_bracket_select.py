@@ -4,9 +4,8 @@ built on it, against the torch path.
 Selection (issue 22): masks bit-equal to `kernels=False` with exactly round(s * n) pruned, the tie
 rule (lowest (tensor, row-major index) first) on the fast path and in the exact fallback, ties of
 any number ranked without a miss, every way into the fallback (a full candidate buffer,
-`force_miss`), and the workspace
-left clean by every call. Without a GPU the kernels run in Triton's CPU interpreter (conftest.py);
-the selection tests also run on CUDA where one is present.
+`force_miss`), and the workspace left clean by every call. Without a GPU the kernels run in
+Triton's CPU interpreter (conftest.py); the selection tests also run on CUDA where one is present.
 
 Orchestration (CPU, interpreter only): CUDA-graph capture with a recorded graph standing in for
 `torch.cuda.CUDAGraph` (`RecordedGraph`: it keeps what a real graph keeps, each launch with its

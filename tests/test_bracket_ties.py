@@ -31,7 +31,7 @@ def already_pruned(seed, sparsity=0.9, n=1289):
 WEIGHTS = {  # 1,289 weights each, over 1,024 of them tied at the threshold
     "all_zero": lambda: torch.zeros(1289),
     "all_equal": lambda: torch.full((1289,), -0.375),
-    "ties_beyond_cap": lambda: torch.cat([torch.full((1100,), 0.5), torch.randn(189) * 4]),
+    "over_1024_ties": lambda: torch.cat([torch.full((1100,), 0.5), torch.randn(189) * 4]),
     "pruned_90": lambda: already_pruned(0),
 }
 
