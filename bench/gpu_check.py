@@ -286,7 +286,8 @@ def bracket_headline(data: dict) -> str:
     forced = next(r for r in data["cliffs"] if r["pattern"] == "forced miss")
     return (f"s=0.9 mask {m['bracket_s'] * 1e3:.3f} ms (radix {m['radix_s'] * 1e3:.3f}); "
             f"forced miss {forced['over_radix']:.2f}x radix; worst pattern {worst['pattern']} "
-            f"{worst['over_radix']:.2f}x; misses {data['misses']}/{data['halves']} real halves")
+            f"{worst['over_radix']:.2f}x ({worst['over_gaussian_radix']:.2f}x Gaussian radix); "
+            f"misses {data['misses']}/{data['halves']} real halves")
 
 
 def gpu_slug() -> str:

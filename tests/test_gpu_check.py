@@ -104,10 +104,11 @@ def test_compile_headline_reads_the_benchmarks_result():
 
 
 def test_bracket_headline_reads_the_benchmarks_result():
-    row = lambda pattern, ratio: {"pattern": pattern, "over_radix": ratio}  # noqa: E731
+    row = lambda pattern, ratio: {"pattern": pattern, "over_radix": ratio,  # noqa: E731
+                                  "over_gaussian_radix": ratio + 0.1}
     data = {"masks": [{"sparsity": 0.9, "bracket_s": 2.5e-4, "radix_s": 6e-4}],
             "cliffs": [row("forced miss", 1.5), row("all zero", 1.8), row("all equal", 0.4)],
             "misses": 0, "halves": 300}
     assert gpu_check.headline("bracket", {"data": data}) == (
         "s=0.9 mask 0.250 ms (radix 0.600); forced miss 1.50x radix; worst pattern all zero "
-        "1.80x; misses 0/300 real halves")
+        "1.80x (1.90x Gaussian radix); misses 0/300 real halves")
