@@ -468,7 +468,7 @@ def sample_count(numels, groups, stride: int = SAMPLE_STRIDE) -> int:
 
 
 class BracketPlan:
-    """What the four launches of one selection group need beside the pointer tables: the
+    """What the seven launches of one selection group need beside the pointer tables: the
     layout's chunking, the sample size and bracket ranks per k, the workspace and grids."""
 
     def __init__(self, plan, numels, groups, device: torch.device):
@@ -500,7 +500,7 @@ class BracketPlan:
 
     def run(self, keys, masks, k: int, zero: bool, perturb=None, is_aligned: bool = True,
             force_miss: bool = False) -> None:
-        """The four launches. keys/masks: Pointers tables; perturb: the perturbation's argument
+        """The seven launches. keys/masks: Pointers tables; perturb: the perturbation's argument
         tables and flags (`triton_select._perturbation_args`), or None."""
         plan, space = self.layout, self.workspace
         if perturb is None:
