@@ -25,7 +25,7 @@
 6. CrAM+ / SGD step time through the trainer's TrainStep + make_optimizer (224 px, bf16,
    channels_last), methods interleaved over rounds.
 Targets on one H200: (d) <= 0.1 ms and <= 3x floor, >= 30x faster than (a); host <= 0.1 ms per
-mask call; <= 8 kernel launches per optimizer side; optimizer side < 2 % of the step; misses rare;
+mask call; <= 9 kernel launches per optimizer side; optimizer side < 2 % of the step; misses rare;
 CrAM+ / SGD <= 2.02.
 
 Needs CUDA. Without it, `TRITON_INTERPRET=1 python bench/bench_topk_kernel.py --smoke` runs every

@@ -76,6 +76,9 @@ def sections(data_dir: str, work: str, e2e_seconds: float) -> list[Section]:
         Section("kernels", ["bench/bench_topk_kernel.py", "--repeats", "20"],
                 ["bench/bench_topk_kernel.py", "--smoke"], 180, ("bench_topk_kernel_cuda",),
                 dry_env={"TRITON_INTERPRET": "1"}),
+        Section("bracket", ["bench/bench_bracket_cliffs.py"],
+                ["bench/bench_bracket_cliffs.py", "--dry-run"], 180,
+                ("bench_bracket_cliffs_cuda",), dry_env={"TRITON_INTERPRET": "1"}),
         Section("train step", ["bench/bench_train_step.py", "--cpu-rounds", "0", "--gpu-batch",
                                "256", "--gpu-resolutions", "224", "160", "--gpu-rounds", "15",
                                "--methods", "sgd", "cram+ global", "cram+ n:m",
@@ -209,6 +212,8 @@ def headline(name: str, result: dict) -> str:
                 line += (f"; {split['host_s'] * 1e3:.2f} ms host to issue, "
                          f"{sum(split['device_us_per_call'].values()) / 1e3:.2f} ms on the GPU")
             return line
+        if name == "bracket":
+            return bracket_headline(data)
         if name == "train step":
             parts = []
             for case in data["cases"]:
@@ -272,6 +277,17 @@ def kernels_headline(data: dict, m: dict) -> str:
     if data.get("skipped"):
         parts.append("skipped for time: " + ", ".join(data["skipped"]))
     return "; ".join(parts)
+
+
+def bracket_headline(data: dict) -> str:
+    """bench_bracket_cliffs.py: the default mask's time, the worst cliff against radix, misses."""
+    m = {row["sparsity"]: row for row in data["masks"]}[0.9]
+    worst = max(data["cliffs"], key=lambda r: r["over_radix"])
+    forced = next(r for r in data["cliffs"] if r["pattern"] == "forced miss")
+    return (f"s=0.9 mask {m['bracket_s'] * 1e3:.3f} ms (radix {m['radix_s'] * 1e3:.3f}); "
+            f"forced miss {forced['over_radix']:.2f}x radix; worst pattern {worst['pattern']} "
+            f"{worst['over_radix']:.2f}x ({worst['over_gaussian_radix']:.2f}x Gaussian radix); "
+            f"misses {data['misses']}/{data['halves']} real halves")
 
 
 def gpu_slug() -> str:

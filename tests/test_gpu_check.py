@@ -22,9 +22,10 @@ def test_dry_run_runs_every_section(tmp_path):
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     table = proc.stdout[proc.stdout.rindex("=== gpu check"):]
-    assert "7/7 sections ok" in table, table
-    for name in ("environment", "cuda tests", "kernels", "train step", "decode", "end to end",
-                 "compile"):
+    count = len(gpu_check.sections("", "", 0))
+    assert f"{count}/{count} sections ok" in table, table
+    for name in ("environment", "cuda tests", "kernels", "bracket", "train step", "decode",
+                 "end to end", "compile"):
         assert name in table
     assert "\r" not in proc.stdout  # progress-bar frames are dropped from the log
     for text in (proc.stdout, proc.stderr):  # nothing failed, so no traceback anywhere
@@ -100,3 +101,14 @@ def test_compile_headline_reads_the_benchmarks_result():
     line = gpu_check.headline("compile", {"data": result})
     assert line.startswith("32px compiled / eager speedup: cram+ global 1.03x, sgd 1.00x")
     assert "CrAM+ compile 93 s" in line and line.endswith("recompiles while timed 0")
+
+
+def test_bracket_headline_reads_the_benchmarks_result():
+    row = lambda pattern, ratio: {"pattern": pattern, "over_radix": ratio,  # noqa: E731
+                                  "over_gaussian_radix": ratio + 0.1}
+    data = {"masks": [{"sparsity": 0.9, "bracket_s": 2.5e-4, "radix_s": 6e-4}],
+            "cliffs": [row("forced miss", 1.5), row("all zero", 1.8), row("all equal", 0.4)],
+            "misses": 0, "halves": 300}
+    assert gpu_check.headline("bracket", {"data": data}) == (
+        "s=0.9 mask 0.250 ms (radix 0.600); forced miss 1.50x radix; worst pattern all zero "
+        "1.80x (1.90x Gaussian radix); misses 0/300 real halves")

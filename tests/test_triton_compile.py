@@ -18,10 +18,11 @@ from ffcv_cram.kernels import aot_compile
 pytestmark = pytest.mark.slow  # about two minutes on two cores
 TRITON36 = Path(__file__).resolve().parents[1] / "build" / "triton36"
 KERNELS = {"_histogram_pass", "_pick_digit", "_count_ties", "_exclusive_scan", "_mark_kept_ties",
-           "_apply_threshold", "_nm_select", "_finish", "_sample", "_full", "_pick", "_resolve"}
-# the bracket select's sample and resolve launches count their finished programs (the last one
-# does the rest) with one acq_rel atomic each
-LAST_PROGRAM_COUNTERS = ("_sample", "_resolve")
+           "_apply_threshold", "_nm_select", "_finish", "_sample", "_full", "_pick", "_resolve",
+           "_fine_histogram", "_scan_ties", "_settle_masks"}
+# the bracket select's sample, resolve, fine histogram and tie scan launches count their finished
+# programs (the last one does the rest) with one acq_rel atomic each
+LAST_PROGRAM_COUNTERS = ("_sample", "_resolve", "_fine_histogram", "_scan_ties")
 
 
 def builds():

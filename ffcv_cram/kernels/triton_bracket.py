@@ -3,7 +3,8 @@
 The radix select of `triton_select` histograms every key in two or three passes, and on triton 3.6
 `tl.histogram` lowers to warp ballots: ~200 instructions per key, 20x the memory time. Here the
 weights are read once, with two comparisons per key, for the k-th smallest of one selection
-group (a global threshold; uniform sparsity keeps the radix passes). Four launches:
+group (a global threshold; uniform sparsity keeps the radix passes). Four launches, then three
+whose programs return at once unless a tie straddles the threshold or the bracket missed:
 
   1. sample (`_sample`)  1/128 of the keys (runs of 8, one 32-byte sector in every 4 KB, at a
                          hashed place; every key when there are few) go into a 16,384-bin
@@ -22,17 +23,21 @@ group (a global threshold; uniform sparsity keeps the radix passes). Four launch
   4. resolve (`_resolve`) one program per chunk bucket (and per block of the spill area): its
                          candidates' masks (and zeros) from that key; each candidate also clears
                          its bracket counter for the next call.
+  5-7. `triton_fallback`  after a miss, an exact select over every chunk (a coarse histogram in
+                         the resolve launch, then a fine one: a bracket that cannot miss) and
+                         every mask; with a partial tie, the ties ranked by a scan.
 
 So the workspace is left clean by every call (no memset launches) and nothing reads back to the
 host. The tie rule is `masks.py`'s: among equal keys at the threshold, the lowest (tensor,
-row-major index) is pruned first; a partial tie (equal float magnitudes straddling the k-th) sets
-its ties aside and the last resolve program ranks them by that order.
+row-major index) is pruned first. A partial tie (equal float magnitudes straddling the k-th, any
+number of them: a pruned checkpoint's zeros) is ranked across programs: ties per chunk in
+row-major order, an exclusive scan of the counts, then each tie's rank (launches 6 and 7).
 
 A bracket can miss: the k-th key lies outside it (an unlucky sample, or structured data, e.g.
-every weight equal), the spill area overflows, or more than `TIE_CAP` ties need ordering. The pick detects it exactly (from the counts) and then the first program of the
-resolve launch redoes the whole selection alone -- a radix select over every key, then the masks
-in row-major order -- so the result is always exact; only slower (a few hundred ms at ResNet-50
-scale). Misses are counted in the workspace (`Workspace.misses`).
+every weight equal) or the spill area overflows. The pick detects it exactly (from the counts)
+and the fallback's passes redo the selection over every chunk, so the result is always exact;
+a miss costs about three more reads of the weights. Misses are counted in the workspace
+(`Workspace.misses`).
 
 With the CrAM step's perturbation (save w and g, w += rho * g) the sample computes w + rho * g on
 the fly and the full pass stores it, both rounding like torch (no FMA); a miss recomputes the
@@ -49,7 +54,9 @@ import triton
 import triton.language as tl
 
 from . import triton_chunk as ck
-from .triton_fallback import fallback_select
+from . import triton_fallback as fb
+from . import triton_perturb as pt
+from .triton_fallback import coarse_pass, pick_in_bracket
 
 BLOCK = 4096                    # elements per chunk, as every weight pass
 SAMPLE_RUN = 8                  # consecutive sampled keys: one 32-byte sector
@@ -75,9 +82,13 @@ BUCKET = 256                    # candidates a chunk keeps in its own bucket (~1
 SPILL_PER_CHUNK = 64            # more go to a shared spill area (one atomic per such chunk) of this
 SPILL_MIN = 1 << 16             # many entries per chunk of the plan, at least SPILL_MIN
 MAX_ELEMENTS = 1 << 31          # chunk * BLOCK + lane is an int32 here: larger layouts take radix
-TIE_CAP = 1024                  # more ties than this to order: the exact fallback
 Z_SCORE, MIN_SLACK = 6.0, 64    # bracket half-width in sample ranks: Z sd + MIN_SLACK
-FALLBACK_LANES = 256            # the fallback's block: one program, registers shared with the rest
+# the fallback's coarse pass, in the resolve launch: 512 bins of key >> 22, a bin as wide as a
+# bracket (FINE_WIDTH keys), read in blocks of 256 keys (registers shared with the resolve)
+FALLBACK_SHIFT = FINE_WIDTH.bit_length() - 1
+FALLBACK_LANES = 256
+FALLBACK_LAUNCH = dict(num_warps=8, enable_fp_fusion=False)
+TIE_SCAN = 4096                 # tie counts the scan reads per step
 SAMPLE_LAUNCH = dict(num_warps=8, enable_fp_fusion=False)  # no FMA: w + rho * g rounds like torch
 # 16 warps: 8 keys per thread, ~100 registers (the compile targets' limit is 128). Fewer warps
 # ran the mask's pass faster (233 us at 16 warps in an earlier run; 224 at 8, 180 at 4 in the
@@ -86,14 +97,15 @@ SAMPLE_LAUNCH = dict(num_warps=8, enable_fp_fusion=False)  # no FMA: w + rho * g
 FULL_LAUNCH = dict(num_warps=16, enable_fp_fusion=False)
 PICK_LAUNCH = dict(num_warps=8)
 # an explicit register budget: left alone, ptxas 13 (triton 3.8) gives the resolve launch 48
-# registers and spills in the fallback's code
+# registers and spills in the fallback's coarse pass
 RESOLVE_LAUNCH = dict(num_warps=4, enable_fp_fusion=False, maxnreg=80)
 ABS_MASK = tl.constexpr(0x7FFFFFFF)
 
 # Workspace slots, as the kernels index them. counters (int64): 0 sample programs done,
-# 1 candidates spilled, 4 misses so far, 5 resolve programs done (partial ties), 6 ties set aside.
-# state (int64): 0 lo, 1 hi (the bracket), 2 threshold key, 3 ties to prune, 4 ties in total,
-# 5 partial tie, 6 miss, 7 candidates, 8 spilled candidates stored, 9 keys sampled.
+# 1 candidates spilled, 2 resolve / 3 fine / 5 tie count programs done (`triton_fallback`),
+# 4 misses so far. state (int64): 0 lo, 1 hi (the bracket), 2 threshold key, 3 ties to prune,
+# 4 ties in total, 5 partial tie, 6 miss, 7 candidates, 8 spilled candidates stored, 9 keys
+# sampled, 10 and 11 the fallback's coarse bin and rank in it.
 _MISSES, _PARTIAL, _MISS, _SAMPLED = 4, 5, 6, 9
 
 
@@ -131,7 +143,7 @@ def _sample(keys_ptrs, grad_ptrs, rho, scale_ptr, chunk_tensor, chunk_start, num
         scale = tl.load(rho + t, mask=selected, other=0.0)
         if NORM:
             scale = tl.load(scale_ptr) * scale
-        w = w + g * scale[:, None]
+        w = pt.perturbed(w, g, scale[:, None])
     key = w.to(tl.int32, bitcast=True) & ABS_MASK
     copy = (lane % COPIES)[None, :]
     tl.atomic_add(coarse + (key >> SHIFT) * COPIES + copy, tl.full([CHUNKS, SAMPLE], 1, tl.int32),
@@ -221,14 +233,8 @@ def _full_chunk(keys_ptrs, grad_ptrs, wsave_ptrs, gsave_ptrs, mask_ptrs, rho, sc
     w_at = ck.base(keys_ptrs, t, start, tl.float32, ALIGNED)
     w = ck.load(w_at, size, FULL, BLOCK)
     if PERTURB:  # the CrAM step's first half: save w (and g), w += rho * g
-        g = ck.load(ck.base(grad_ptrs, t, start, tl.float32, ALIGNED), size, FULL, BLOCK)
-        ck.store(ck.base(wsave_ptrs, t, start, tl.float32, ALIGNED), w, size, FULL, BLOCK)
-        if PLUS:
-            ck.store(ck.base(gsave_ptrs, t, start, tl.float32, ALIGNED), g, size, FULL, BLOCK)
-        scale = tl.load(rho + t)
-        if NORM:
-            scale = tl.load(scale_ptr) * scale
-        w = w + g * scale
+        w = pt.save_and_perturb(w, grad_ptrs, wsave_ptrs, gsave_ptrs, rho, scale_ptr, t, start,
+                                size, PLUS, NORM, ALIGNED, FULL, BLOCK)
     if tl.load(groups + t) >= 0:
         valid = ck.in_chunk(size, FULL, BLOCK)
         key = w.to(tl.int32, bitcast=True) & ABS_MASK
@@ -273,8 +279,7 @@ def _full_chunk(keys_ptrs, grad_ptrs, wsave_ptrs, gsave_ptrs, mask_ptrs, rho, sc
 
 @triton.jit(do_not_specialize=["k", "n", "spill_cap"])
 def _pick(counters, state, l1, l2, above_count, cand_count, num_chunks, k, n, spill_cap,
-          FINE: tl.constexpr, L1: tl.constexpr, L1_SHIFT: tl.constexpr, L1_SCAN: tl.constexpr,
-          TIE_CAP: tl.constexpr):
+          FINE: tl.constexpr, L1: tl.constexpr, L1_SHIFT: tl.constexpr, L1_SCAN: tl.constexpr):
     """One program: the exact threshold key among the candidates, or a miss."""
     SCAN: tl.constexpr = 4096
     lanes = tl.arange(0, SCAN)
@@ -293,33 +298,13 @@ def _pick(counters, state, l1, l2, above_count, cand_count, num_chunks, k, n, sp
     rank = k - (n - above - candidates)  # rank of the k-th key among the candidates
     miss = (rank < 0) | (rank > candidates) | (spilled > spill_cap) | (hi - lo + 1 > FINE)
     wanted = tl.maximum(tl.minimum(rank, candidates), 0).to(tl.int32)
-    bins = tl.arange(0, L1_SCAN)
-    digit = tl.zeros([], tl.int32)  # the L1 bin of the wanted rank
-    below = tl.zeros([], tl.int32)  # candidates in the bins before it
-    carry = tl.zeros([], tl.int32)
-    for start in range(0, L1, L1_SCAN):
-        coarse = tl.load(l1 + start + bins)
-        tl.store(l1 + start + bins, tl.zeros([L1_SCAN], tl.int32))  # clean for the next call
-        under = carry + tl.cumsum(coarse, 0) < wanted
-        digit += tl.sum(under.to(tl.int32))
-        below += tl.sum(tl.where(under, coarse, 0))
-        carry += tl.sum(coarse, 0)
-    digit = tl.minimum(digit, L1 - 1)
-    rank2 = wanted - below
-    SUB: tl.constexpr = 1 << L1_SHIFT
-    sub = tl.arange(0, SUB)
-    fine = tl.load(l2 + digit * SUB + sub)
-    under = tl.cumsum(fine, 0) < rank2
-    low = tl.minimum(tl.sum(under.to(tl.int32)), SUB - 1)
-    threshold = lo + digit * SUB + low
-    to_prune = (rank2 - tl.sum(tl.where(under, fine, 0))).to(tl.int64)
-    total = tl.sum(tl.where(sub == low, fine, 0)).to(tl.int64)
+    threshold, to_prune, total = pick_in_bracket(l1, l2, lo, wanted, L1, L1_SHIFT, L1_SCAN)
     none = rank <= 0  # no candidate pruned: every key >= lo is kept
     threshold = tl.where(none, lo - 1, threshold)
     to_prune = tl.where(none, 0, to_prune)
     total = tl.where(none, 0, total)
-    partial = (to_prune > 0) & (to_prune < total)
-    miss = miss | (partial & (total > TIE_CAP))
+    # (after a miss the fallback's fine pass rewrites the threshold, the ties and this flag)
+    partial = (to_prune > 0) & (to_prune < total) & ~miss
     tl.store(state + 2, threshold)
     tl.store(state + 3, to_prune)
     tl.store(state + 4, total)
@@ -329,35 +314,18 @@ def _pick(counters, state, l1, l2, above_count, cand_count, num_chunks, k, n, sp
     tl.store(counters + 4, tl.load(counters + 4) + miss.to(tl.int64))
 
 
-@triton.jit
-def logical_index(offset, sizes, strides, t):
-    """Row-major index of the element at memory `offset` of dense tensor t (4-dim int32 tables;
-    every index is below triton_layout.MAX_NUMEL)."""
-    index = tl.zeros_like(offset)
-    for d in tl.static_range(4):
-        size = tl.load(sizes + t * 4 + d)
-        stride = tl.maximum(tl.load(strides + t * 4 + d), 1)
-        index = index * size + tl.where(size > 1, (offset // stride) % size, 0)
-    return index
-
-
 @triton.jit(do_not_specialize=["k"])
 def _resolve(keys_ptrs, mask_ptrs, grad_ptrs, wsave_ptrs, rho, scale_ptr, chunk_tensor,
-             chunk_start, numel, sizes, strides, groups, num_chunks, counters, state, l1, l2,
-             cand_count, cand_keys, cand_lanes, spill_keys, spill_where, tie_tensor, tie_offset,
-             tie_index, k, PERTURB: tl.constexpr, NORM: tl.constexpr, ZERO: tl.constexpr,
-             FINE: tl.constexpr, BUCKET: tl.constexpr, CHUNK: tl.constexpr,
-             LANES: tl.constexpr):
+             chunk_start, numel, groups, num_chunks, counters, state, l2, coarse, cand_count,
+             cand_keys, cand_lanes, spill_keys, spill_where, k, PERTURB: tl.constexpr,
+             NORM: tl.constexpr, ZERO: tl.constexpr, FINE: tl.constexpr, BUCKET: tl.constexpr,
+             CHUNK: tl.constexpr, SHIFT: tl.constexpr, LANES: tl.constexpr):
     """Programs 0 .. num_chunks - 1: a chunk's bucket each; the others: BUCKET spilled
-    candidates each."""
-    if tl.load(state + 6) != 0:  # the bracket missed: the first program redoes it all, exactly
-        if tl.program_id(0) == 0:
-            CLEAR: tl.constexpr = 1024
-            for start in range(0, FINE, CLEAR):  # (overflowed candidates left counts behind)
-                tl.store(l2 + start + tl.arange(0, CLEAR), tl.zeros([CLEAR], tl.int32))
-            fallback_select(keys_ptrs, mask_ptrs, grad_ptrs, wsave_ptrs, rho, scale_ptr,
-                            chunk_tensor, chunk_start, numel, sizes, strides, groups, num_chunks,
-                            k, l1, PERTURB, NORM, ZERO, LANES)
+    candidates each. After a miss: the fallback's first pass instead (`triton_fallback`)."""
+    if tl.load(state + 6) != 0:
+        coarse_pass(keys_ptrs, grad_ptrs, wsave_ptrs, rho, scale_ptr, chunk_tensor, chunk_start,
+                    numel, groups, num_chunks, counters, state, coarse, l2, k, PERTURB, NORM,
+                    SHIFT, FINE, LANES)
     else:
         partial = tl.load(state + 5) != 0
         r = tl.program_id(0)
@@ -375,22 +343,16 @@ def _resolve(keys_ptrs, mask_ptrs, grad_ptrs, wsave_ptrs, rho, scale_ptr, chunk_
             key = tl.load(spill_keys + first + slots, mask=valid, other=0)
             where = tl.load(spill_where + first + slots, mask=valid, other=0)
         if used > 0:
-            _resolve_candidates(keys_ptrs, mask_ptrs, chunk_tensor, chunk_start, sizes, strides,
-                                counters, state, l2, key, where, valid, tie_tensor, tie_offset,
-                                tie_index, partial, ZERO, FINE, BUCKET, CHUNK)
-        if partial:  # the last program orders the ties the others set aside
-            tl.debug_barrier()
-            if tl.atomic_add(counters + 5, 1, sem="acq_rel") == tl.num_programs(0) - 1:
-                _rank_ties(keys_ptrs, mask_ptrs, counters, state, tie_tensor, tie_offset,
-                           tie_index, ZERO)
+            _resolve_candidates(keys_ptrs, mask_ptrs, chunk_tensor, chunk_start, state, l2, key,
+                                where, valid, partial, ZERO, FINE, BUCKET, CHUNK)
 
 
 @triton.jit
-def _resolve_candidates(keys_ptrs, mask_ptrs, chunk_tensor, chunk_start, sizes, strides,
-                        counters, state, l2, key, where, valid, tie_tensor, tie_offset,
-                        tie_index, partial, ZERO: tl.constexpr, FINE: tl.constexpr,
+def _resolve_candidates(keys_ptrs, mask_ptrs, chunk_tensor, chunk_start, state, l2, key, where,
+                        valid, partial, ZERO: tl.constexpr, FINE: tl.constexpr,
                         LANES: tl.constexpr, CHUNK: tl.constexpr):
-    """Masks (and zeros) of candidates at chunk * CHUNK + lane `where`."""
+    """Masks (and zeros) of candidates at chunk * CHUNK + lane `where`; a partial tie's keys are
+    left to the fallback's tie ranks (`triton_fallback._scan_ties`, `_settle_masks`)."""
     chunk = where // CHUNK
     t = tl.load(chunk_tensor + chunk, mask=valid, other=0)
     offset = tl.load(chunk_start + chunk, mask=valid, other=0) + where % CHUNK
@@ -399,52 +361,13 @@ def _resolve_candidates(keys_ptrs, mask_ptrs, chunk_tensor, chunk_start, sizes, 
     tl.store(l2 + fine, tl.zeros([LANES], tl.int32), mask=valid & (fine < FINE))
     threshold = tl.load(state + 2).to(tl.int32)
     keep = key > threshold
-    write = valid
-    if partial:  # ties at the threshold: set aside (tensor, offset, row-major index)
-        tie = valid & (key == threshold)
-        count = tl.sum(tie.to(tl.int32), 0)
-        if count > 0:
-            slot = tl.atomic_add(counters + 6, count, sem="relaxed") + tl.cumsum(
-                tie.to(tl.int32), 0) - 1
-            tl.store(tie_tensor + slot, t, mask=tie)
-            tl.store(tie_offset + slot, offset, mask=tie)
-            tl.store(tie_index + slot, logical_index(offset, sizes, strides, t), mask=tie)
-        write = valid & ~tie
+    write = valid & ~(partial & (key == threshold))
     mask_at = tl.load(mask_ptrs + t, mask=write, other=0).to(tl.pointer_type(tl.int8))
     tl.store(mask_at + offset, keep.to(tl.int8), mask=write)
     if ZERO:
         w_at = tl.load(keys_ptrs + t, mask=write, other=0).to(tl.pointer_type(tl.float32))
         w = tl.load(w_at + offset, mask=write, other=0.0)
         tl.store(w_at + offset, w * keep.to(tl.float32), mask=write)
-
-
-@triton.jit
-def _rank_ties(keys_ptrs, mask_ptrs, counters, state, tie_tensor, tie_offset, tie_index,
-               ZERO: tl.constexpr):
-    """Ties beyond the first `to_prune` in (tensor, row-major index) order are kept."""
-    total = tl.load(counters + 6, cache_modifier=".cg")
-    to_prune = tl.load(state + 3)
-    LANES: tl.constexpr = 256
-    for start in range(0, total, LANES):
-        index = start + tl.arange(0, LANES)
-        valid = index < total
-        t = tl.load(tie_tensor + index, mask=valid, other=0, cache_modifier=".cg")
-        me = tl.load(tie_index + index, mask=valid, other=0, cache_modifier=".cg")
-        before = tl.zeros([LANES], tl.int32)
-        for j in range(0, total):
-            other_t = tl.load(tie_tensor + j, cache_modifier=".cg")
-            other = tl.load(tie_index + j, cache_modifier=".cg")
-            before += ((other_t < t) | ((other_t == t) & (other < me))).to(tl.int32)
-        keep = before >= to_prune
-        offset = tl.load(tie_offset + index, mask=valid, other=0, cache_modifier=".cg")
-        mask_at = tl.load(mask_ptrs + t, mask=valid, other=0).to(tl.pointer_type(tl.int8))
-        tl.store(mask_at + offset, keep.to(tl.int8), mask=valid)
-        if ZERO:
-            w_at = tl.load(keys_ptrs + t, mask=valid, other=0).to(tl.pointer_type(tl.float32))
-            w = tl.load(w_at + offset, mask=valid, other=0.0)
-            tl.store(w_at + offset, w * keep.to(tl.float32), mask=valid)
-    tl.store(counters + 5, 0)
-    tl.store(counters + 6, 0)
 
 
 # -- host side ------------------------------------------------------------------------------------
@@ -467,16 +390,14 @@ class Workspace:
         self.spill_keys = empty(self.spill_cap, torch.int32)
         self.spill_where = empty(self.spill_cap, torch.int32)
         self.coarse = zeros(COARSE_BINS * self.copies, torch.int32)
-        # (at least the 256 counters the fallback's radix digits use)
-        self.l1 = zeros(max(self.l1_bins, 256), torch.int32)
+        self.l1 = zeros(self.l1_bins, torch.int32)
         self.l2 = zeros(FINE_WIDTH, torch.int32)
         self.above_count = empty(chunks, torch.int32)
         self.cand_count = empty(chunks, torch.int32)
         self.cand_keys = empty(chunks * bucket, torch.int32)
         self.cand_lanes = empty(chunks * bucket, torch.int32)
-        self.tie_tensor = empty(TIE_CAP, torch.int32)
-        self.tie_offset = empty(TIE_CAP, torch.int32)
-        self.tie_index = empty(TIE_CAP, torch.int32)
+        self.tie_count = empty(chunks, torch.int32)
+        self.tie_before = empty(chunks, torch.int64)
 
     @property
     def l1_bins(self) -> int:
@@ -488,11 +409,6 @@ class Workspace:
         """The per-chunk candidate buckets (count, keys, lanes) and the spill area (keys, where),
         as the launches take them."""
         return self.cand_count, self.cand_keys, self.cand_lanes, self.spill_keys, self.spill_where
-
-    @property
-    def ties(self) -> tuple:
-        """The ties set aside by the resolve launch (tensor, memory offset, row-major index)."""
-        return self.tie_tensor, self.tie_offset, self.tie_index
 
     @property
     def misses(self) -> torch.Tensor:
@@ -552,7 +468,7 @@ def sample_count(numels, groups, stride: int = SAMPLE_STRIDE) -> int:
 
 
 class BracketPlan:
-    """What the four launches of one selection group need beside the pointer tables: the
+    """What the seven launches of one selection group need beside the pointer tables: the
     layout's chunking, the sample size and bracket ranks per k, the workspace and grids."""
 
     def __init__(self, plan, numels, groups, device: torch.device):
@@ -584,7 +500,7 @@ class BracketPlan:
 
     def run(self, keys, masks, k: int, zero: bool, perturb=None, is_aligned: bool = True,
             force_miss: bool = False) -> None:
-        """The four launches. keys/masks: Pointers tables; perturb: the perturbation's argument
+        """The seven launches. keys/masks: Pointers tables; perturb: the perturbation's argument
         tables and flags (`triton_select._perturbation_args`), or None."""
         plan, space = self.layout, self.workspace
         if perturb is None:
@@ -613,10 +529,25 @@ class BracketPlan:
         _pick[(1,)](space.counters, space.state, space.l1, space.l2, space.above_count,
                     space.cand_count, plan.num_chunks, k, self.n, space.spill_cap,
                     FINE=FINE_WIDTH, L1=space.l1_bins, L1_SHIFT=space.l1_shift,
-                    L1_SCAN=min(PICK_SCAN, space.l1_bins), TIE_CAP=TIE_CAP, **PICK_LAUNCH)
+                    L1_SCAN=min(PICK_SCAN, space.l1_bins), **PICK_LAUNCH)
+        source = (keys.table, grads, wsaves, rho, scale)
         _resolve[self.resolve_grid](
-            keys.table, masks.table, grads, wsaves, rho, scale, *chunks, plan.sizes,
-            plan.strides, plan.groups, plan.num_chunks, space.counters, space.state, space.l1,
-            space.l2, *space.candidates, *space.ties, k, PERTURB=flags["PERTURB"],
-            NORM=flags["NORM"], ZERO=zero, FINE=FINE_WIDTH, BUCKET=space.bucket, CHUNK=BLOCK,
+            keys.table, masks.table, grads, wsaves, rho, scale, *chunks, plan.groups,
+            plan.num_chunks, space.counters, space.state, space.l2, space.coarse,
+            *space.candidates, k, PERTURB=flags["PERTURB"], NORM=flags["NORM"], ZERO=zero,
+            FINE=FINE_WIDTH, BUCKET=space.bucket, CHUNK=BLOCK, SHIFT=FALLBACK_SHIFT,
             LANES=FALLBACK_LANES, **RESOLVE_LAUNCH)
+        # the fallback and the tie ranks: programs that return at once on the fast path
+        fb._fine_histogram[self.grid](
+            *source, *chunks, plan.groups, space.counters, space.state, space.l1, space.l2,
+            PERTURB=flags["PERTURB"], NORM=flags["NORM"], SHIFT=FALLBACK_SHIFT, L1=space.l1_bins,
+            L1_SHIFT=space.l1_shift, L1_SCAN=min(PICK_SCAN, space.l1_bins), **FALLBACK_LAUNCH)
+        fb._scan_ties[self.grid](
+            *source, *chunks, plan.sizes, plan.strides, plan.groups, plan.num_chunks,
+            space.counters, space.state, space.tie_count, space.tie_before,
+            PERTURB=flags["PERTURB"], NORM=flags["NORM"], SCAN=TIE_SCAN, **FALLBACK_LAUNCH)
+        fb._settle_masks[self.grid](
+            keys.table, masks.table, grads, wsaves, rho, scale, *chunks, plan.sizes,
+            plan.strides, plan.groups, space.state, space.l2, space.tie_before,
+            PERTURB=flags["PERTURB"], NORM=flags["NORM"], ZERO=zero, SHIFT=FALLBACK_SHIFT,
+            **FALLBACK_LAUNCH)

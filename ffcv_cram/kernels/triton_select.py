@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from . import triton_chunk as ck
+from . import triton_perturb as pt
 from . import triton_bracket
 from .triton_bracket import BracketPlan
 from .triton_layout import Layout, aligned, layout, pointers, small_table
@@ -82,14 +83,8 @@ def _histogram_chunk(keys_ptrs, grad_ptrs, wsave_ptrs, gsave_ptrs, rho, scale_pt
     w_at = ck.base(keys_ptrs, t, start, tl.float32, ALIGNED)
     w = ck.load(w_at, size, FULL, BLOCK)
     if PERTURB:  # the CrAM step's first half: save w (and g), w += rho * g
-        g = ck.load(ck.base(grad_ptrs, t, start, tl.float32, ALIGNED), size, FULL, BLOCK)
-        ck.store(ck.base(wsave_ptrs, t, start, tl.float32, ALIGNED), w, size, FULL, BLOCK)
-        if PLUS:
-            ck.store(ck.base(gsave_ptrs, t, start, tl.float32, ALIGNED), g, size, FULL, BLOCK)
-        scale = tl.load(rho + t)
-        if NORM:
-            scale = tl.load(scale_ptr) * scale
-        w = w + g * scale
+        w = pt.save_and_perturb(w, grad_ptrs, wsave_ptrs, gsave_ptrs, rho, scale_ptr, t, start,
+                                size, PLUS, NORM, ALIGNED, FULL, BLOCK)
         ck.store(w_at, w, size, FULL, BLOCK)
     if HIST:
         group = tl.load(groups + t)
