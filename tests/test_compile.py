@@ -16,7 +16,8 @@ from torch._dynamo.utils import counters
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ffcv_cram import disable_running_stats, enable_running_stats
-from ffcv_cram.models.compiled import compile_model, graph_count, plain_module
+from ffcv_cram.models.compiled import (compile_model, compile_problem, graph_count, plain_module,
+                                       replays_graphs)
 from ffcv_cram.sparsity import prune_model, tune_batchnorm
 from ffcv_cram.train.checkpoint import plain_state_dict
 from ffcv_cram.train.step import TrainStep, make_optimizer
@@ -87,6 +88,37 @@ def test_compiled_steps_equal_eager_and_compile_once(method, fresh_dynamo):
     for step_a, step_b in zip(eager_masks, compiled_masks):
         for m, n in zip(step_a, step_b):
             assert (m is None and n is None) or torch.equal(m, n)
+
+
+@pytest.mark.slow  # 12 s with a warm inductor cache, 39 s cold on a loaded 2-core CPU
+def test_bf16_channels_last_compiled_steps_follow_eager(fresh_dynamo):
+    """The GPU recipe's setting (bf16 autocast, channels_last model and inputs) for SGD and both of
+    CrAM+'s passes: compiled steps follow the eager ones within bf16's rounding (inductor fuses
+    BatchNorm differently, so not bit for bit), with the same masks. The SGD model shares the
+    compiled training graph: three graphs in all would mean a recompile."""
+    torch.manual_seed(0)
+    base = SmallConvNet().to(memory_format=torch.channels_last)
+    pairs = {}
+    for method in ("cram", "sgd"):
+        eager_model, compiled_model = copy.deepcopy(base), copy.deepcopy(base)
+        pairs[method] = (make_step(method, eager_model, False, amp="bf16"),
+                         make_step(method, compiled_model, True, amp="bf16"))
+    masks = {m: (record_masks(a.optimizer), record_masks(b.optimizer)) for m, (a, b) in pairs.items()}
+    for i in range(4):
+        x, y = data(i)
+        x = x.contiguous(memory_format=torch.channels_last)
+        for method, (eager, compiled) in pairs.items():
+            a, b = eager(x, y), compiled(x, y)
+            torch.testing.assert_close(b.loss, a.loss, rtol=2e-2, atol=2e-2, msg=method)
+    assert graph_count() == 2  # the training graph and CrAM's frozen-BatchNorm one
+    for method, (eager, compiled) in pairs.items():
+        for p, q in zip(eager.model.parameters(), plain_module(compiled.model).parameters()):
+            torch.testing.assert_close(q, p, rtol=2e-2, atol=2e-3, msg=method)
+    eager_masks, compiled_masks = masks["cram"]
+    assert len(eager_masks) == len(compiled_masks) == 4
+    for step_a, step_b in zip(eager_masks, compiled_masks):
+        for m, n in zip(step_a, step_b):
+            assert (m is None and n is None) or (m != n).float().mean() < 0.02
 
 
 @pytest.mark.slow  # 16 s with a cold inductor cache on a 2-core CPU
@@ -167,8 +199,16 @@ def test_plain_module_and_state_dicts_have_no_wrapper_prefixes():
     assert any(k.startswith("module._orig_mod.") for k in wrapped.state_dict())
     assert plain_module(wrapped) is model
     assert list(plain_state_dict(wrapped)) == list(model.state_dict())
-    with pytest.raises(ValueError, match="mode='reduce-overhead'"):
-        compile_model(model, "reduce-overhead")
+    with pytest.raises(ValueError, match="mode='max-autotune'"):  # graphs, and eval offers it
+        compile_model(model, "max-autotune")
+
+
+def test_cuda_graph_mode_is_refused_off_cuda():
+    """The trainer refuses it before any work (test_compile_train.py); this is the loop's check."""
+    problem = compile_problem(torch.device("cpu"), "reduce-overhead")
+    assert problem.startswith("mode reduce-overhead replays CUDA graphs and the device is cpu")
+    assert compile_problem(torch.device("cpu"), "default") is None
+    assert replays_graphs("reduce-overhead") and not replays_graphs("default")
 
 
 def test_graph_limit_and_compile_workers(monkeypatch):
@@ -188,29 +228,61 @@ def test_graph_limit_and_compile_workers(monkeypatch):
 WORLD, DDP_STEPS = 2, 4
 
 
+class TwoBucketNet(nn.Module):
+    """Over 1 MiB of weights in its second convolution: with DDP's bucket cap at 1 MiB (its first
+    bucket's size), two buckets, so DDPOptimizer splits each graph in two."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 1200, 3, padding=1, bias=False)  # 172,800 weights: 0.7 MB
+        self.conv3 = nn.Conv2d(1200, 64, 3, padding=1, bias=False)  # 691,200 weights: 2.8 MB
+        self.bn2 = nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv3(self.conv2(x))))
+        return self.fc(x.mean((2, 3)))
+
+
 def _ddp_worker(rank, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
         torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's weights
-        model = SmallConvNet()
+        model = TwoBucketNet()
+        eager_model = copy.deepcopy(model)
         step = make_step("cram", model, compiled=True, workers=1)  # the trainer's share of 2 cores
-        step.model = DDP(step.model)  # compiled inside DDP, as the trainer does
+        step.model = DDP(step.model, bucket_cap_mb=1)  # compiled inside DDP, as the trainer does
+        eager = make_step("cram", eager_model, compiled=False)
+        eager.model = DDP(eager.model, bucket_cap_mb=1)
+        losses = []
         for i in range(DDP_STEPS):
-            step(*data(i, rank))
-        torch.save({"state": plain_state_dict(step.model), "graphs": graph_count()},
+            losses.append((step(*data(i, rank)).loss, eager(*data(i, rank)).loss))
+        torch.save({"state": plain_state_dict(step.model), "eager": plain_state_dict(eager.model),
+                    "losses": losses, "graphs": graph_count(),
+                    "compiled_parts": counters["aot_autograd"]["total"]},
                    f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_ddp_with_compile_keeps_ranks_identical(tmp_path):
+def test_ddp_with_compile_splits_at_buckets_equals_eager_and_keeps_ranks_identical(tmp_path):
     mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
     assert r0["graphs"] == r1["graphs"] == 2
+    # DDPOptimizer: each of the two graphs compiled as two parts, one per gradient bucket, so
+    # the first bucket's all-reduce overlaps the rest of the backward
+    assert r0["compiled_parts"] == r1["compiled_parts"] == 4
     assert r0["state"].keys() == r1["state"].keys()
     for name, value in r0["state"].items():  # BatchNorm statistics too: DDP gives every rank
         assert torch.equal(value, r1["state"][name]), name  # rank 0's before each forward, and
     # the last forward of a step is the frozen one
     assert int(r0["state"]["bn1.num_batches_tracked"]) == DDP_STEPS
+    for compiled_loss, eager_loss in r0["losses"] + r1["losses"]:
+        torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-4, atol=1e-5)
+    for name, value in r0["eager"].items():
+        torch.testing.assert_close(r0["state"][name], value, rtol=1e-4, atol=1e-5, msg=name)
