@@ -121,6 +121,35 @@ def test_bf16_channels_last_compiled_steps_follow_eager(fresh_dynamo):
             assert (m is None and n is None) or (m != n).float().mean() < 0.02
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", ["sgd", "cram"])
+def test_cuda_graph_replay_follows_eager(method, fresh_dynamo):
+    """--training.compile_mode=reduce-overhead: the forward and backward replayed as CUDA graphs,
+    through both of CrAM+'s passes (the second replays the frozen-BatchNorm graphs while the
+    first pass's outputs are dead), track the eager steps, and replaying adds no graph."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    eager_model = SmallConvNet().to(device, memory_format=torch.channels_last)
+    graph_model = copy.deepcopy(eager_model)
+    steps = []
+    for model, mode in ((eager_model, None), (graph_model, "reduce-overhead")):
+        opt = make_optimizer(method, model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
+                             rho=0.05, sparsities=(0.5, 0.7, 0.9), seed=3)
+        step = TrainStep(compile_model(model, mode) if mode else model, opt, method, device=device)
+        step.replays_cuda_graphs = mode is not None
+        steps.append(step)
+    for i in range(8):
+        x, y = (t.to(device) for t in data(i))
+        x = x.contiguous(memory_format=torch.channels_last)
+        a, b = (step(x, y) for step in steps)
+        torch.testing.assert_close(b.loss, a.loss, rtol=1e-3, atol=1e-4)
+        if i == 3:  # warm-up, recording and the first replays are behind us
+            graphs = graph_count()
+    assert graph_count() == graphs == (1 if method == "sgd" else 2)
+    for p, q in zip(eager_model.parameters(), graph_model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.slow  # 16 s with a cold inductor cache on a 2-core CPU
 def test_fp16_with_loss_scaling_under_compile(fresh_dynamo):
     """The GradScaler path is the eager one: same losses, same scale, same skipped step."""

@@ -22,9 +22,9 @@ def test_dry_run_runs_every_section(tmp_path):
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     table = proc.stdout[proc.stdout.rindex("=== gpu check"):]
-    assert "7/7 sections ok" in table, table
+    assert "9/9 sections ok" in table, table
     for name in ("environment", "cuda tests", "kernels", "train step", "decode", "end to end",
-                 "compile"):
+                 "compile", "compile 160", "largest batch"):
         assert name in table
     assert "\r" not in proc.stdout  # progress-bar frames are dropped from the log
     for text in (proc.stdout, proc.stderr):  # nothing failed, so no traceback anywhere
@@ -100,3 +100,17 @@ def test_compile_headline_reads_the_benchmarks_result():
     line = gpu_check.headline("compile", {"data": result})
     assert line.startswith("32px compiled / eager speedup: cram+ global 1.03x, sgd 1.00x")
     assert "CrAM+ compile 93 s" in line and line.endswith("recompiles while timed 0")
+
+
+def test_compile_headline_reads_images_per_second():
+    """A case as bench_compile.py writes it now (eager only: nothing to compile on this CPU)."""
+    import bench_compile
+    import torch
+    case = bench_compile.case("tiny", "max", 8, 4, torch.device("cpu"), "none", 2, [],
+                              candidates=(2, 3))
+    assert case["batch"] == 3 and case["max_batch_probe"]["peak_bytes_by_batch"] == {2: 0, 3: 0}
+    for name in ("compile", "compile 160", "largest batch"):
+        line = gpu_check.headline(name, {"data": {"cases": [case]}})
+        assert line.startswith("8px b3 img/s (eager): SGD "), line
+        assert "; CrAM+ " in line and "CrAM+/SGD " in line
+        assert line.endswith("recompiles while timed 0")
