@@ -33,15 +33,15 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from ffcv_cram.models import get_model
 from ffcv_cram.choices import TRAIN_COMPILE_MODES
+from ffcv_cram.models import get_model
 from ffcv_cram.models.compiled import compile_model, graph_count, replays_graphs
 from ffcv_cram.train.step import TrainStep, make_optimizer
 
 from common import interleaved, save_result, table
 
 METHODS = {"cram+ global": "cram", "sgd": "sgd"}  # CrAM+ first: it compiles both graphs
-MAX_BATCH_CANDIDATES = (256, 320, 384, 448, 512, 640, 768, 1024)
+MAX_BATCH_CANDIDATES = (256, 320, 384, 448, 512, 640, 768, 1024, 1280)
 
 
 def tiny_net(classes):

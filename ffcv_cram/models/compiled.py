@@ -17,8 +17,9 @@ Modes: 'default' and 'max-autotune-no-cudagraphs' (autotuned kernels, longer com
 training on CUDA 'reduce-overhead': inductor's kernels replayed as CUDA graphs (cudagraph trees),
 forward and backward, one launch per graph instead of one per kernel; the input batch is copied
 into the graph's static buffer. Its outputs live in buffers the next replay overwrites, so the
-train step marks where each pass begins and copies out what it keeps (`TrainStep`); eval does not
-offer it. On the CPU it would silently run without graphs, so it is refused there.
+train step marks where each pass begins (`TrainStep`; what it keeps of a pass is computed outside
+the graphs); eval does not offer it. On the CPU it would silently run without graphs, so it is
+refused there.
 
 Under DDP (the compiled module wrapped by DistributedDataParallel, or the other way round), dynamo
 sees the active DDP module and its DDPOptimizer splits each graph at DDP's bucket boundaries, so
