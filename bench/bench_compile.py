@@ -120,8 +120,10 @@ def first_step(step, x, y, sync):
 
 
 def case(name, batch, res, classes, device, amp, rounds, modes, fraction=0.9,
-         candidates=MAX_BATCH_CANDIDATES):
-    """`batch`: a number, or 'max' (`largest_batch`)."""
+         candidates=MAX_BATCH_CANDIDATES, deadline_s=None):
+    """`batch`: a number, or 'max' (`largest_batch`). `deadline_s`: seconds from the start after
+    which no further compile mode starts (see below)."""
+    started = time.perf_counter()
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as the trainer
     net = tiny_net(classes) if name == "tiny" else get_model(name, classes)
@@ -133,12 +135,20 @@ def case(name, batch, res, classes, device, amp, rounds, modes, fraction=0.9,
     x, y = inputs(batch, res, classes, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     torch._dynamo.reset()
-    steps, compiled = {}, {}
-    for label, method in METHODS.items():
-        steps[f"{label}|eager"] = build(method, base, amp, device)
-        for mode in modes:
+    steps = {f"{label}|eager": build(method, base, amp, device) for label, method in METHODS.items()}
+    compiled, skipped, last_cost = {}, [], 0.0
+    for mode in list(modes):
+        # a mode whose compile would likely end past the deadline is left out (the next costs
+        # about what the last did: inductor's kernel cache serves much of it), so that a section
+        # with a time limit still saves the modes it measured
+        if deadline_s is not None and time.perf_counter() - started + last_cost > deadline_s:
+            skipped.append(mode)
+            continue
+        for label, method in METHODS.items():
             step = steps[f"{label}|{mode}"] = build(method, base, amp, device, mode)
             compiled[f"{label}|{mode}"] = first_step(step, x, y, sync)
+        last_cost = compiled[f"cram+ global|{mode}"]["compile_s"]
+    modes = [mode for mode in modes if mode not in skipped]
     calls = {key: (lambda s=step: s(x, y)) for key, step in steps.items()}
     for call in calls.values():  # outside the graph count: the eager steps' first call, and a
         call()                   # CUDA graph mode's warm-up and recording
@@ -175,6 +185,8 @@ def case(name, batch, res, classes, device, amp, rounds, modes, fraction=0.9,
            "recompiles_while_timed": graph_count() - graphs}
     if probe:
         out["max_batch_probe"] = probe
+    if skipped:
+        out["modes_skipped_for_time"] = skipped
     return out
 
 
@@ -230,6 +242,8 @@ def main():
                         help="--gpu-batch max: the share of the GPU's memory a step may peak at")
     parser.add_argument("--modes", nargs="*", choices=TRAIN_COMPILE_MODES, default=["default"],
                         help="compile modes timed against eager (none: eager only)")
+    parser.add_argument("--deadline-s", type=float, default=None,
+                        help="per GPU case: start no further compile mode after about this long")
     parser.add_argument("--tag", default="",
                         help="saved as bench_compile_cuda<tag>.json (one file per gpu_check section)")
     parser.add_argument("--dry-run", action="store_true",
@@ -252,13 +266,16 @@ def main():
     if torch.cuda.is_available():
         for res in args.gpu_resolutions:
             cases.append(case("resnet50", args.gpu_batch, res, 1000, torch.device("cuda"),
-                              "bf16", args.gpu_rounds, args.modes, args.memory_fraction))
+                              "bf16", args.gpu_rounds, args.modes, args.memory_fraction,
+                              deadline_s=args.deadline_s))
     name = "bench_compile_" + ("cuda" if torch.cuda.is_available() else "cpu") + args.tag
     path = save_result(name, {"cases": cases, "targets": {
         "sgd_images_per_s_224px_h200": 6500, "cram_over_sgd": 2.0}})
     print(table([r for c in cases for r in rows(c)], HEADER))
     for c in cases:
         print(summary(c))
+        if c.get("modes_skipped_for_time"):
+            print(f"skipped for time: {', '.join(c['modes_skipped_for_time'])}")
     print(f"saved {path}")
 
 

@@ -103,14 +103,16 @@ def test_compile_headline_reads_the_benchmarks_result():
 
 
 def test_compile_headline_reads_images_per_second():
-    """A case as bench_compile.py writes it now (eager only: nothing to compile on this CPU)."""
+    """A case as bench_compile.py writes it now, eager only: its deadline has passed before the
+    one compile mode asked for could start (so nothing compiles on this CPU)."""
     import bench_compile
     import torch
-    case = bench_compile.case("tiny", "max", 8, 4, torch.device("cpu"), "none", 2, [],
-                              candidates=(2, 3))
+    case = bench_compile.case("tiny", "max", 8, 4, torch.device("cpu"), "none", 2, ["default"],
+                              candidates=(2, 3), deadline_s=0.0)
     assert case["batch"] == 3 and case["max_batch_probe"]["peak_bytes_by_batch"] == {2: 0, 3: 0}
+    assert case["modes_skipped_for_time"] == ["default"] and list(case["cram_over_sgd"]) == ["eager"]
     for name in ("compile", "compile 160", "largest batch"):
         line = gpu_check.headline(name, {"data": {"cases": [case]}})
         assert line.startswith("8px b3 img/s (eager): SGD "), line
         assert "; CrAM+ " in line and "CrAM+/SGD " in line
-        assert line.endswith("recompiles while timed 0")
+        assert line.endswith("; skipped for time: default; recompiles while timed 0")
