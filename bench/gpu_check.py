@@ -11,11 +11,17 @@ with its error and the next one runs:
                     vs CrAM+ N:M images/s and peak memory; CrAM+ steps under sync debug mode
   5. decode         GPU decode + augmentation vs FFCV's CPU decode, alone and feeding ResNet-50
   6. end to end     train_imagenet.py with --data.decode=gpu, the fused step, bf16
-  7. compile        ResNet-50 bf16 batch 256, 224 px: eager vs torch.compile step time for SGD
-                    and CrAM+, CrAM+'s compile cost, recompiles while timed (last, so that its
-                    few minutes of compiling never starve the sections before it)
-Sections 1-4 and 7 need torch and triton only; 5-6 need ffcv. Without ffcv, a bundle made by
-bench/pack_ffcv.sh at build/ffcv_carry.tar.xz is installed into a temporary folder first.
+  7. compile        ResNet-50 bf16 channels_last batch 256, 224 px, GPU-resident tensors: SGD and
+                    CrAM+ images/s eager vs torch.compile vs torch.compile + CUDA graphs
+                    (reduce-overhead), peak memory of each, CrAM+'s compile cost, recompiles while
+                    timed (last, so that its minutes of compiling never starve the sections before it)
+  8. compile 160    the same at 160 px (the progressive-resolution recipes' first epochs)
+  9. largest batch  224 px at the largest batch whose eager CrAM+ step fits in 90 % of the GPU:
+                    eager vs compiled images/s (its LR scales with the batch: --lr.scaling)
+Sections 1-4 and 7-9 need torch and triton only; 5-6 need ffcv. Without ffcv, a bundle made by
+bench/pack_ffcv.sh at build/ffcv_carry.tar.xz is installed into a temporary folder first. The
+three compile sections take more than the default budget after the others: run them on their own
+with --only compile "compile 160" "largest batch".
 
 Writes bench/results/gpu_check_<gpu>.json and .log (plus each section's own JSON) and prints a
 table last. `--dry-run` runs every section's script on the CPU with tiny inputs (no timing,
@@ -94,9 +100,30 @@ def sections(data_dir: str, work: str, e2e_seconds: float) -> list[Section]:
                                data_dir],
                 ["bench/gpu_e2e.py", "--dry-run", "--workers", "1", "--data-dir", data_dir],
                 e2e_seconds + 90, ("gpu_e2e",), needs_ffcv=True),
-        Section("compile", ["bench/bench_compile.py", "--cpu-rounds", "0", "--gpu-batch", "256",
-                            "--gpu-rounds", "15"],
-                ["bench/bench_compile.py", "--dry-run"], 300, ("bench_compile_cuda",)),
+        *compile_sections(),
+    ]
+
+
+def compile_sections() -> list[Section]:
+    """bench_compile.py per resolution and batch, one JSON each. Their dry runs but the first time
+    only the eager steps (no --modes): the first compiles, and the script is the same."""
+    # a compile mode that would end past ~130 s is skipped, so a slow compile still leaves JSON
+    compiled = ["--cpu-rounds", "0", "--gpu-rounds", "15", "--deadline-s", "130"]
+    return [
+        Section("compile", ["bench/bench_compile.py", *compiled, "--gpu-batch", "256",
+                            "--gpu-resolutions", "224", "--modes", "default", "reduce-overhead",
+                            "--tag", "_224"],
+                ["bench/bench_compile.py", "--dry-run"], 180, ("bench_compile_cuda_224",)),
+        Section("compile 160", ["bench/bench_compile.py", *compiled, "--gpu-batch", "256",
+                                "--gpu-resolutions", "160", "--modes", "default",
+                                "reduce-overhead", "--tag", "_160"],
+                ["bench/bench_compile.py", "--dry-run", "--modes"], 180,
+                ("bench_compile_cuda_160",)),
+        Section("largest batch", ["bench/bench_compile.py", *compiled, "--gpu-batch", "max",
+                                  "--gpu-resolutions", "224", "--modes", "default",
+                                  "--tag", "_max_batch"],
+                ["bench/bench_compile.py", "--dry-run", "--gpu-batch", "max", "--modes"], 180,
+                ("bench_compile_cuda_max_batch",)),
     ]
 
 
@@ -233,13 +260,8 @@ def headline(name: str, result: dict) -> str:
                               if data["training"].get(m, {}).get("fed_of_ceiling") is not None)
             return (f"{fed} ({data['decoders'][fed]}): {alone['images_per_s']:,.0f} img/s, "
                     f"{alone['syncs_per_batch']} syncs/batch; of the ceiling: {train}")
-        if name == "compile":
-            case = data["cases"][-1]
-            speedups = ", ".join(f"{label} {m['modes']['default']['speedup']:.2f}x"
-                                 for label, m in case["methods"].items())
-            cost = case["methods"]["cram+ global"]["modes"]["default"]["compile_s"]
-            return (f"{case['resolution']}px compiled / eager speedup: {speedups}; CrAM+ compile "
-                    f"{cost:.0f} s; recompiles while timed {case['recompiles_while_timed']}")
+        if name in [s.name for s in compile_sections()]:
+            return compile_headline(data["cases"][-1])
         if name == "end to end":
             rates = [e["images_per_s"] for e in data["epochs"]]
             best = f"{sorted(rates)[len(rates) // 2]:,.0f} img/s median epoch" if rates else ""
@@ -247,6 +269,43 @@ def headline(name: str, result: dict) -> str:
     except (KeyError, TypeError, IndexError, ZeroDivisionError) as err:
         return f"(no summary: {type(err).__name__} {err})"
     return ""
+
+
+def compile_headline(case: dict) -> str:
+    """bench_compile.py's case: images/s of each variant (eager first), CrAM+ / SGD, peak memory,
+    compile cost, recompiles. A result saved before images/s were: its speedups."""
+    methods = case["methods"]
+    cram = methods["cram+ global"]
+    if "eager_images_per_s" not in cram:
+        speedups = ", ".join(f"{label} {m['modes']['default']['speedup']:.2f}x"
+                             for label, m in methods.items())
+        return (f"{case['resolution']}px compiled / eager speedup: {speedups}; CrAM+ compile "
+                f"{cram['modes']['default']['compile_s']:.0f} s; recompiles while timed "
+                f"{case['recompiles_while_timed']}")
+    modes = list(cram["modes"])
+    names = "/".join(["eager", *("graphs" if m == "reduce-overhead" else m for m in modes)])
+
+    def per_variant(m, key, eager_key, fmt):
+        values = [m.get(eager_key)] + [m["modes"][mode].get(key) for mode in modes]
+        return "/".join("-" if v is None else fmt(v) for v in values)
+
+    rates = "; ".join(f"{'SGD' if label == 'sgd' else 'CrAM+'} "
+                      + per_variant(m, "images_per_s", "eager_images_per_s", lambda v: f"{v:,.0f}")
+                      for label, m in sorted(methods.items(), key=lambda item: item[0] != "sgd"))
+    ratio = "/".join(f"{case['cram_over_sgd'][v]:.2f}" for v in ("eager", *modes))
+    parts = [f"{case['resolution']}px b{case['batch']} img/s ({names}): {rates}",
+             f"CrAM+/SGD {ratio}"]
+    if "eager_peak_memory_bytes" in cram:
+        parts.append("peak GiB SGD " + per_variant(methods["sgd"], "peak_memory_bytes",
+                                                   "eager_peak_memory_bytes",
+                                                   lambda v: f"{v / 2**30:.1f}"))
+    costs = [f"{mode} {cram['modes'][mode]['compile_s']:.0f} s" for mode in modes]
+    if costs:
+        parts.append("CrAM+ compile " + ", ".join(costs))
+    if case.get("modes_skipped_for_time"):
+        parts.append("skipped for time: " + ", ".join(case["modes_skipped_for_time"]))
+    parts.append(f"recompiles while timed {case['recompiles_while_timed']}")
+    return "; ".join(parts)
 
 
 def kernels_headline(data: dict, m: dict) -> str:

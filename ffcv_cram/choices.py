@@ -6,3 +6,5 @@ METHODS = ("sgd", "sam", "cram", "cram_nm")
 AMP_MODES = ("none", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "step", "cyclic")
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+GRAPH_COMPILE_MODES = ("reduce-overhead",)  # CUDA-graph replay: training on CUDA only
+TRAIN_COMPILE_MODES = COMPILE_MODES + GRAPH_COMPILE_MODES

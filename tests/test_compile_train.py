@@ -40,6 +40,18 @@ def test_a_compile_mode_without_compile_is_refused(data, tmp_path, run_main):
             in stderr) and not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_cuda_graph_replay_is_refused_on_the_cpu(data, tmp_path, run_main, device):
+    if device == "auto" and torch.cuda.is_available():
+        pytest.skip("auto picks the GPU here")
+    code, _, stderr = run_main("train_cifar.py", *args(data, tmp_path / "x"), "--training.compile=1",
+                               "--training.compile_mode=reduce-overhead",
+                               f"--training.device={device}")
+    assert code == 2 and stderr.count("error:") == 1, stderr
+    assert "error: --training.compile_mode=reduce-overhead: replays CUDA graphs" in stderr
+    assert "use --training.compile_mode=default" in stderr and not (tmp_path / "x").exists()
+
+
 def test_compiling_on_the_cpu_without_a_cxx_compiler_is_refused(data, tmp_path):
     # a process of its own: inductor looks its compiler up once per process
     proc = subprocess.run([sys.executable, str(ROOT / "train_cifar.py"),

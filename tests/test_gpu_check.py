@@ -25,7 +25,7 @@ def test_dry_run_runs_every_section(tmp_path):
     count = len(gpu_check.sections("", "", 0))
     assert f"{count}/{count} sections ok" in table, table
     for name in ("environment", "cuda tests", "kernels", "bracket", "train step", "decode",
-                 "end to end", "compile"):
+                 "end to end", "compile", "compile 160", "largest batch"):
         assert name in table
     assert "\r" not in proc.stdout  # progress-bar frames are dropped from the log
     for text in (proc.stdout, proc.stderr):  # nothing failed, so no traceback anywhere
@@ -112,3 +112,19 @@ def test_bracket_headline_reads_the_benchmarks_result():
     assert gpu_check.headline("bracket", {"data": data}) == (
         "s=0.9 mask 0.250 ms (radix 0.600); forced miss 1.50x radix; worst pattern all zero "
         "1.80x (1.90x Gaussian radix); misses 0/300 real halves")
+
+
+def test_compile_headline_reads_images_per_second():
+    """A case as bench_compile.py writes it now, eager only: its deadline has passed before the
+    one compile mode asked for could start (so nothing compiles on this CPU)."""
+    import bench_compile
+    import torch
+    case = bench_compile.case("tiny", "max", 8, 4, torch.device("cpu"), "none", 2, ["default"],
+                              candidates=(2, 3), deadline_s=0.0)
+    assert case["batch"] == 3 and case["max_batch_probe"]["peak_bytes_by_batch"] == {2: 0, 3: 0}
+    assert case["modes_skipped_for_time"] == ["default"] and list(case["cram_over_sgd"]) == ["eager"]
+    for name in ("compile", "compile 160", "largest batch"):
+        line = gpu_check.headline(name, {"data": {"cases": [case]}})
+        assert line.startswith("8px b3 img/s (eager): SGD "), line
+        assert "; CrAM+ " in line and "CrAM+/SGD " in line
+        assert line.endswith("; skipped for time: default; recompiles while timed 0")

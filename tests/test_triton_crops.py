@@ -155,6 +155,21 @@ def test_kernel_equals_reference(dtype, channels_last, unsanitized):
 
 
 @interpreted
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_amp_dtype_out_is_float32_out_cast_bit_for_bit(dtype, unsanitized):
+    """The loader asks the kernel for the AMP dtype directly (no float32 batch, no cast pass):
+    exactly what the float32 output cast by torch (round to nearest even) would be. ImageNet's
+    normalisation, so the values span the range a training batch has."""
+    images, boxes, flips = random_batch(seed=31, count=4, low=8, high=40)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
+    wide = run_kernel(images, boxes, flips, 24, mean, std, torch.float32, True)
+    narrow = run_kernel(images, boxes, flips, 24, mean, std, dtype, True)
+    cast = wide.to(dtype)
+    assert narrow.dtype == dtype and (narrow.view(torch.int16) == cast.view(torch.int16)).all()
+
+
+@interpreted
 def test_normalisation_and_flips(unsanitized):
     images, boxes, flips = random_batch(seed=7, count=4, low=20, high=48)
     flips[:] = [True, False, True, True]

@@ -13,9 +13,19 @@ Evaluating a compiled model: adds one graph for the eval mode and one for a smal
 Run BatchNorm tuning on the plain module: through the compiled one, cumulative averaging
 (momentum=None) reads num_batches_tracked on the host, a graph break in every BatchNorm layer.
 
-Modes: 'default' and 'max-autotune-no-cudagraphs' (autotuned kernels, longer compile). The
-CUDA-graph modes are left out: their outputs live in buffers the next replay overwrites, and a
-step keeps the first pass's loss and logits while the second pass runs.
+Modes: 'default' and 'max-autotune-no-cudagraphs' (autotuned kernels, longer compile), and for
+training on CUDA 'reduce-overhead': inductor's kernels replayed as CUDA graphs (cudagraph trees),
+forward and backward, one launch per graph instead of one per kernel; the input batch is copied
+into the graph's static buffer. Its outputs live in buffers the next replay overwrites, so the
+train step marks where each pass begins (`TrainStep`; what it keeps of a pass is computed outside
+the graphs); eval does not offer it. On the CPU it would silently run without graphs, so it is
+refused there.
+
+Under DDP (the compiled module wrapped by DistributedDataParallel, or the other way round), dynamo
+sees the active DDP module and its DDPOptimizer splits each graph at DDP's bucket boundaries, so
+that a bucket's all-reduce starts while the backward of the earlier layers still runs (one
+compiled backward would hand every gradient over at its very end). That is torch's default
+(`torch._dynamo.config.optimize_ddp`); tests/test_compile.py checks that the split happens.
 """
 from __future__ import annotations
 
@@ -25,7 +35,7 @@ import shutil
 import torch
 from torch import nn
 
-from ..choices import COMPILE_MODES
+from ..choices import GRAPH_COMPILE_MODES, TRAIN_COMPILE_MODES
 
 
 def compile_model(model: nn.Module, mode: str = "default", graphs: int | None = None,
@@ -37,8 +47,8 @@ def compile_model(model: nn.Module, mode: str = "default", graphs: int | None = 
     inductor's default, one per core, or TORCHINDUCTOR_COMPILE_THREADS); several training
     processes on one machine should share its cores (on 2 cores, two DDP processes with a pool of
     2 workers each took 50 s for a first step that took 13 s with one worker each)."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"mode={mode!r}: must be one of {', '.join(COMPILE_MODES)}")
+    if mode not in TRAIN_COMPILE_MODES:
+        raise ValueError(f"mode={mode!r}: must be one of {', '.join(TRAIN_COMPILE_MODES)}")
     if graphs is not None and graphs > torch._dynamo.config.cache_size_limit:
         torch._dynamo.config.cache_size_limit = graphs
     if workers is not None and "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
@@ -67,12 +77,20 @@ def graph_count() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def compile_problem(device: torch.device) -> str | None:
+def replays_graphs(mode: str) -> bool:
+    """True for the modes whose compiled model replays CUDA graphs."""
+    return mode in GRAPH_COMPILE_MODES
+
+
+def compile_problem(device: torch.device, mode: str = "default") -> str | None:
     """Why torch.compile cannot run here (None: it can), said before any work starts."""
     from torch._dynamo.eval_frame import is_dynamo_supported
     if not is_dynamo_supported():
         return (f"torch.compile is not supported by this Python / torch {torch.__version__}; "
                 "train without --training.compile")
+    if replays_graphs(mode) and device.type != "cuda":
+        return (f"mode {mode} replays CUDA graphs and the device is {device.type}; use "
+                "--training.compile_mode=default (or train on a CUDA GPU)")
     if device.type == "cuda":
         from torch.utils._triton import has_triton
         if not has_triton():

@@ -9,7 +9,7 @@ from fastargs import Param, Section
 from fastargs.validation import OneOf
 
 from ..atomic import AtomicWriteError
-from ..choices import AMP_MODES, COMPILE_MODES, LR_SCHEDULES, METHODS
+from ..choices import AMP_MODES, GRAPH_COMPILE_MODES, LR_SCHEDULES, METHODS, TRAIN_COMPILE_MODES
 from .. import config_aliases
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
 from ..data.decode_choice import decode_problem
@@ -64,9 +64,10 @@ def declare(defaults: dict) -> None:
         deterministic=Param(Flag(), "deterministic kernels (slower on GPUs)", default=False),
         compile=Param(Flag(), "torch.compile the model for both passes (the first step compiles)",
                       default=False),
-        compile_mode=Param(OneOf(COMPILE_MODES), "with compile: default | "
-                           "max-autotune-no-cudagraphs (autotuned kernels, longer compile)",
-                           default="default"),
+        compile_mode=Param(OneOf(TRAIN_COMPILE_MODES), "with compile: default | "
+                           "max-autotune-no-cudagraphs (autotuned kernels, longer compile) | "
+                           "reduce-overhead (CUDA only: forward and backward replayed as CUDA "
+                           "graphs)", default="default"),
         cuda_graph=Param(Flag(), "cram / cram_nm on CUDA: replay the optimizer side of a step as "
                          "CUDA graphs, captured after two steps (bf16 or none)", default=False),
         dist_timeout=Param(IntRange(1), "torchrun: seconds a process waits for the others (start-up, "
@@ -180,6 +181,9 @@ def check(cfg: dict, style: str) -> None:
                          "order cannot be replayed, so a resumed epoch would repeat and miss samples")
     if t["compile_mode"] != "default" and not t["compile"]:
         raise UsageError(f"--training.compile_mode={t['compile_mode']}: needs --training.compile=1")
+    problem = _graph_compile_problem(t)
+    if problem:
+        raise UsageError(f"--training.compile_mode={t['compile_mode']}: {problem}")
     if c["rho"] < 0:
         raise UsageError(f"--cram.rho={c['rho']}: must be >= 0")
     _check_cost_options(c, t["optimizer"], t["epochs"])
@@ -242,6 +246,19 @@ def _check_cost_options(c: dict, optimizer: str, epochs: int) -> None:
     if changed and optimizer not in ("cram", "cram_nm"):
         raise UsageError(f"{', '.join(changed)}: only for --training.optimizer=cram or cram_nm "
                          f"(not {optimizer})")
+
+
+def _graph_compile_problem(t: dict) -> str | None:
+    """Why a CUDA-graph compile mode cannot run with these settings (None: it can)."""
+    if t["compile_mode"] not in GRAPH_COMPILE_MODES:
+        return None
+    if t["device"] == "cpu":
+        return ("replays CUDA graphs, and --training.device=cpu; use "
+                "--training.compile_mode=default")
+    import torch
+    if not torch.cuda.is_available():
+        return "replays CUDA graphs and no CUDA GPU is visible; use --training.compile_mode=default"
+    return None
 
 
 def _cuda_graph_problem(t: dict, c: dict) -> str | None:

@@ -25,7 +25,7 @@ from ..data.pipelines import ImageLoader
 from ..data.resident import ResidentLoader
 from ..data.threads import loader_threads, local_processes, thread_summary, usable_cores
 from ..models import get_model
-from ..models.compiled import compile_model, compile_problem
+from ..models.compiled import compile_model, compile_problem, replays_graphs
 from ..runtime.dist import Context, all_gather_str, all_sum, broadcast_buffers, setup, teardown
 from ..runtime.evaluate import evaluate
 from ..safe_load import UnsafeFile
@@ -186,7 +186,7 @@ def _compiled(cfg: dict, style: str, model, ctx: Context):
     """The compiled model, and the clock that reports its compile cost. One graph per training
     resolution, two for the two-pass methods (their second pass freezes BatchNorm statistics)."""
     t = cfg["training"]
-    problem = compile_problem(ctx.device)
+    problem = compile_problem(ctx.device, t["compile_mode"])
     if problem:
         raise UsageError(f"--training.compile: {problem}")
     resolutions = {_resolutions(cfg, style, epoch) for epoch in range(t["epochs"])}
@@ -330,6 +330,7 @@ def _run(cfg: dict, style: str, ctx: Context) -> dict:
     clock = None
     if t["compile"]:  # compiled inside DDP, the order the PyTorch docs advise; `model` stays plain
         step.model, clock = _compiled(cfg, style, model, ctx)
+        step.replays_cuda_graphs = replays_graphs(t["compile_mode"])
     if ctx.distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         step.model = DistributedDataParallel(step.model, device_ids=device_ids)

@@ -62,6 +62,8 @@ class TrainStep:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
         self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+        # set where `model` is compiled with a CUDA-graph mode (models.compiled.replays_graphs)
+        self.replays_cuda_graphs = False
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -69,6 +71,11 @@ class TrainStep:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _loss(self, x, y):
+        if self.replays_cuda_graphs:
+            # each pass starts a new round of replays: the last pass's graph outputs (its logits,
+            # already read) may be overwritten; the loss is computed outside the graphs, and the
+            # first pass's gradient is copied by first_step before the second pass runs
+            torch.compiler.cudagraph_mark_step_begin()
         with self.autocast():
             logits = self.model(x)
             return logits, self.criterion(logits, y)
