@@ -3,6 +3,7 @@ tools check their arguments before torch is loaded (a bad argument is refused in
 second). The modules that act on a choice import their list from here."""
 
 METHODS = ("sgd", "sam", "cram", "cram_nm")
+CRAM_METHODS = ("cram", "cram_nm")  # the two-pass compressing methods: CrAM's own options
 AMP_MODES = ("none", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "step", "cyclic")
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")

@@ -15,7 +15,9 @@ SGD = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 @pytest.mark.parametrize("method, option, message", [
     ("sgd", dict(interval=2), "apply to cram and cram_nm, not sgd"),
     ("sam", dict(second_pass_fraction=0.5), "apply to cram and cram_nm, not sam"),
-    ("sam", dict(cuda_graph=True), "cuda_graph=True applies to cram and cram_nm, not sam"),
+    ("sam", dict(cuda_graph=True), "cuda_graph=True does not take method=sam"),
+    ("cram", dict(cuda_graph=True, interval=2, reuse=True), "cuda_graph=True does not take reuse"),
+    ("cram_nm", dict(cuda_graph=True, grad_norm=True), "cuda_graph=True does not take grad_norm"),
     ("adam", {}, "method='adam': must be one of sgd, sam, cram, cram_nm"),
 ])
 def test_a_setting_the_method_does_not_take_is_refused_where_the_options_are_made(

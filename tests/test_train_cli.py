@@ -141,7 +141,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(data, cram_run, tmp_path):
     (["--training.cuda_graph=1", "--training.amp=fp16"],
      "--training.cuda_graph=1: fp16's loss scaling decides on the host"),
     (["--training.cuda_graph=1", "--training.optimizer=sgd"],
-     "--training.cuda_graph=1: captures CrAM's optimizer side"),
+     "--training.cuda_graph=1: does not take --training.optimizer=sgd"),
 ])
 def test_bad_arguments_exit_2_naming_the_key(data, tmp_path, run_main, argv, message):
     code, _, stderr = run_main("train_cifar.py", *args(data, tmp_path / "x"), *argv)

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import torch
 
+from ..cuda_graph_rules import WHY, cuda_graph_conflict
+
 WARMUP_STEPS = 2  # eager full steps first: kernels compiled, momentum buffers made, allocator warm
 
 
@@ -89,14 +91,11 @@ class StepGraphs:
 
 def graph_problem(optimizer) -> str | None:
     """Why `cuda_graph=True` cannot work with this optimizer's settings (None: it can)."""
-    if optimizer.kernels is False:
-        return "cuda_graph=True captures the fused kernels: kernels=False turns them off"
-    if optimizer.reuse:
-        return "cuda_graph=True does not take reuse=True (the reused term is kept by torch ops)"
-    if optimizer.use_grad_norm:
-        return "cuda_graph=True does not take grad_norm=True (the norm reads .grad directly)"
-    defaults = optimizer.base_optimizer.defaults
-    if not defaults.get("fused"):
-        return ("cuda_graph=True needs the base optimizer's fused form, e.g. "
-                "torch.optim.SGD with fused=True")
-    return None
+    conflict = cuda_graph_conflict(kernels=optimizer.kernels is not False, reuse=optimizer.reuse,
+                                   grad_norm=optimizer.use_grad_norm,
+                                   fused_base=bool(optimizer.base_optimizer.defaults.get("fused")))
+    if conflict is None:
+        return None
+    name = {"kernels": "kernels=False", "reuse": "reuse=True", "grad_norm": "grad_norm=True",
+            "fused_base": "a base optimizer without fused=True"}[conflict]
+    return f"cuda_graph=True does not take {name}: it {WHY[conflict]}"

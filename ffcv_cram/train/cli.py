@@ -12,6 +12,7 @@ from ..atomic import AtomicWriteError
 from ..choices import AMP_MODES, GRAPH_COMPILE_MODES, LR_SCHEDULES, METHODS, TRAIN_COMPILE_MODES
 from .. import config_aliases
 from ..config import FloatList, Flag, IntRange, StrList, UsageError, fail, parse
+from ..cuda_graph_rules import WHY, cuda_graph_conflict
 from ..data.decode_choice import decode_problem
 from ..data.loading_params import loading_params
 from ..interrupts import treat_sigterm_as_ctrl_c
@@ -265,15 +266,16 @@ def _cuda_graph_problem(t: dict, c: dict) -> str | None:
     """Why --training.cuda_graph=1 cannot run with these settings (None: it can)."""
     if not t.get("cuda_graph"):
         return None
-    if t["optimizer"] not in ("cram", "cram_nm"):
-        return "captures CrAM's optimizer side; use --training.optimizer=cram or cram_nm"
+    conflict = cuda_graph_conflict(t["optimizer"], reuse=c["reuse"], grad_norm=c["grad_norm"])
+    if conflict:
+        name, fix = {"method": (f"--training.optimizer={t['optimizer']}",
+                                "--training.optimizer=cram or cram_nm"),
+                     "reuse": ("--cram.reuse=1", "--cram.reuse=0"),
+                     "grad_norm": ("--cram.grad_norm=1", "--cram.grad_norm=0")}[conflict]
+        return f"does not take {name}: it {WHY[conflict]}; use {fix}"
     if t["amp"] == "fp16":
         return ("fp16's loss scaling decides on the host whether a step happens; use "
                 "--training.amp=bf16 (or none)")
-    if c["reuse"]:
-        return "--cram.reuse=1 keeps its reused term with torch ops; use --cram.reuse=0"
-    if c["grad_norm"]:
-        return "--cram.grad_norm=1 reads the gradients directly; use --cram.grad_norm=0"
     import torch
     if t["device"] == "cpu" or not torch.cuda.is_available():
         return "needs a CUDA GPU (--training.device=cuda or auto with a GPU visible)"

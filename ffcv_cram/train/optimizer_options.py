@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..choices import METHODS
-
-CRAM_METHODS = ("cram", "cram_nm")
+from ..choices import CRAM_METHODS, METHODS
+from ..cuda_graph_rules import WHY, cuda_graph_conflict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,8 +52,12 @@ class OptimizerOptions:
                 or self.start_step or self.ramp_steps):
             raise ValueError(f"interval, reuse, second_pass_fraction, start_step and ramp_steps "
                              f"apply to cram and cram_nm, not {self.method}")
-        if self.method not in CRAM_METHODS and self.cuda_graph:
-            raise ValueError(f"cuda_graph=True applies to cram and cram_nm, not {self.method}")
+        conflict = self.cuda_graph and cuda_graph_conflict(self.method, reuse=self.reuse,
+                                                           grad_norm=self.grad_norm)
+        if conflict:
+            name = {"method": f"method={self.method}", "reuse": "reuse=True",
+                    "grad_norm": "grad_norm=True"}[conflict]
+            raise ValueError(f"cuda_graph=True does not take {name}: it {WHY[conflict]}")
 
     @classmethod
     def from_config(cls, cfg: dict, start_step: int = 0,
