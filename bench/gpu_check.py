@@ -7,18 +7,20 @@ with its error and the next one runs:
                     decode equal to the CPU decode, the sync-free training step)
   3. kernels        mask selection: reference vs torch path vs fused kernels vs the bandwidth
                     floor; the optimizer-side share of a ResNet-50 CrAM+ step
-  4. train step     ResNet-50 bf16 channels_last batch 256 at 224 and 160 px: SGD vs CrAM+ global
+  4. bracket        the bracket select's cliffs: mask time with the defaults vs radix, a forced
+                    miss and exact-tie patterns vs radix, misses over 300 real first halves
+  5. train step     ResNet-50 bf16 channels_last batch 256 at 224 and 160 px: SGD vs CrAM+ global
                     vs CrAM+ N:M images/s and peak memory; CrAM+ steps under sync debug mode
-  5. decode         GPU decode + augmentation vs FFCV's CPU decode, alone and feeding ResNet-50
-  6. end to end     train_imagenet.py with --data.decode=gpu, the fused step, bf16
-  7. compile        ResNet-50 bf16 channels_last batch 256, 224 px, GPU-resident tensors: SGD and
+  6. decode         GPU decode + augmentation vs FFCV's CPU decode, alone and feeding ResNet-50
+  7. end to end     train_imagenet.py with --data.decode=gpu, the fused step, bf16
+  8. compile        ResNet-50 bf16 channels_last batch 256, 224 px, GPU-resident tensors: SGD and
                     CrAM+ images/s eager vs torch.compile vs torch.compile + CUDA graphs
                     (reduce-overhead), peak memory of each, CrAM+'s compile cost, recompiles while
                     timed (last, so that its minutes of compiling never starve the sections before it)
-  8. compile 160    the same at 160 px (the progressive-resolution recipes' first epochs)
-  9. largest batch  224 px at the largest batch whose eager CrAM+ step fits in 90 % of the GPU:
+  9. compile 160    the same at 160 px (the progressive-resolution recipes' first epochs)
+ 10. largest batch  224 px at the largest batch whose eager CrAM+ step fits in 90 % of the GPU:
                     eager vs compiled images/s (its LR scales with the batch: --lr.scaling)
-Sections 1-4 and 7-9 need torch and triton only; 5-6 need ffcv. Without ffcv, a bundle made by
+Sections 1-5 and 8-10 need torch and triton only; 6-7 need ffcv. Without ffcv, a bundle made by
 bench/pack_ffcv.sh at build/ffcv_carry.tar.xz is installed into a temporary folder first. The
 three compile sections take more than the default budget after the others: run them on their own
 with --only compile "compile 160" "largest batch".
