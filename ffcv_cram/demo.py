@@ -6,7 +6,7 @@ epochs and slow a 10-epoch run badly) -> eval_sparse.py on both (global 50-95 % 
 comparison table and the plot. Every command is printed before it runs, its output streams to the
 screen and demo.log as it comes; running the demo again into the same --out resumes it.
 
-    python -m ffcv_cram.demo --out demo_out            (10-15 minutes on an idle 2-core CPU)
+    python -m ffcv_cram.demo --out demo_out            (about 3 minutes on an idle 2-core CPU)
     python -m ffcv_cram.demo --out demo_out --quick    (a reduced size, for the test suite: 2-3 min)
 """
 from __future__ import annotations
