@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's ffcv_cram
-from common import REPOSITORY, save_result, table  # noqa: E402
+from common import save_result, table  # noqa: E402
 from ffcv_cram.data.encoding import Encoding  # noqa: E402
 from ffcv_cram.data.loader_options import LoaderOptions  # noqa: E402
 from ffcv_cram.data.pipelines import ImageLoader  # noqa: E402

@@ -18,7 +18,6 @@ from ffcv_cram.data.loader_options import LoaderOptions
 from ffcv_cram.data.pipelines import ImageLoader
 from ffcv_cram.data.synthetic import generate
 from ffcv_cram.models import get_model
-from ffcv_cram.runtime.evaluate import evaluate
 from ffcv_cram.sparsity import prune_model, tune_batchnorm
 from ffcv_cram.train.schedule import lr_at
 from ffcv_cram.train.optimizer_options import OptimizerOptions

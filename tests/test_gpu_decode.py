@@ -8,7 +8,6 @@ tests marked cuda (the GPU decoders against the CPU one, a training run with dec
 import contextlib
 import io
 import json
-import os
 import subprocess
 import sys
 import threading
