@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .atomic import write_bytes
 from .config import UsageError
+from .json_lines import read_json_lines
 
 PANELS = ("loss", "top-1 (%)", "learning rate", "images / s")
 EPOCH_LOG, STEP_LOG, CONFIG = "log.jsonl", "steps.jsonl", "config.json"
@@ -29,39 +30,26 @@ class Series:
     marker: str = ""
 
 
-def _lines(path: str) -> list[dict]:
-    """The JSON lines of `path` ([] when absent); a last line without its newline is one being
-    written by a running trainer and is left out."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        pieces = f.read().split("\n")
-    lines = []
-    for number, piece in enumerate(pieces[:-1], 1):  # pieces[-1]: after the last newline
-        if not piece.strip():
-            continue
-        try:
-            lines.append(json.loads(piece))
-        except json.JSONDecodeError:
-            raise UsageError(f"{path} line {number}: not JSON; the file is damaged") from None
-    return lines
-
-
 def read_run(folder: str) -> tuple[list[dict], list[dict], list[dict]]:
     """(epoch lines, step lines, extensions) of the run in `folder`, refused with one line when
     it holds nothing to draw."""
     epochs_path = os.path.join(folder, EPOCH_LOG)
     if not os.path.isfile(epochs_path):
         raise UsageError(f"{folder}: no {EPOCH_LOG}; give the --logging.folder of a training run")
-    epochs, steps = _lines(epochs_path), _lines(os.path.join(folder, STEP_LOG))
+    epochs = read_json_lines(epochs_path, ("epoch",))
+    steps = read_json_lines(os.path.join(folder, STEP_LOG), ("epoch", "batch", "steps"))
     if not epochs and not steps:
         raise UsageError(f"{epochs_path}: empty: the run has not finished an epoch yet (with "
                          f"--logging.steps=N it also writes {STEP_LOG} during an epoch)")
     config = os.path.join(folder, CONFIG)
     extensions = []
     if os.path.isfile(config):
-        with open(config) as f:
-            extensions = json.load(f).get("extension", {}).get("history", [])
+        try:
+            with open(config) as f:
+                extensions = json.load(f).get("extension", {}).get("history", [])
+        except (json.JSONDecodeError, AttributeError):
+            raise UsageError(f"{config}: not the JSON object a run writes; the file is "
+                             "damaged") from None
     return epochs, steps, extensions
 
 

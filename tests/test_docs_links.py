@@ -57,11 +57,14 @@ def _links(page: Path) -> list[str]:
 
 def _declared_options() -> set[tuple[str, str]]:
     """(section, key) of every `Section("section", ...).params(key=Param(...))` in the scripts
-    and the package, and of every "section.key" string there (accepted aliases, defaults)."""
-    declared = set()
+    and the package, of the shared data options (`loading_params`), and of every "section.key"
+    string of the alias table (ffcv-imagenet's key names)."""
+    from ffcv_cram.data.loading_params import loading_params
+    declared = {("data", key) for use in ("training", "evaluation") for key in loading_params(use)}
     for source in [*ROOT.glob("*.py"), *(ROOT / "ffcv_cram").rglob("*.py")]:
+        aliases = source.name == "config_aliases.py"
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if aliases and isinstance(node, ast.Constant) and isinstance(node.value, str):
                 dotted = re.fullmatch(r"([a-z_]+)\.([a-z_0-9]+)", node.value)
                 if dotted:
                     declared.add(dotted.groups())

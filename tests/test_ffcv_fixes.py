@@ -35,7 +35,7 @@ def shared_compiles() -> int:
     """Functions compiled so far, less the seeded crop's decoders: each bakes the address of its
     own op's epoch cell, so a rebuilt op compiles anew unless its cell lands at a freed address."""
     return sum("SeededRandomResizedCrop" not in code.__qualname__
-               for _, code in ffcv_fixes._compiled.values())
+               for code in ffcv_fixes.compiled_functions())
 
 
 def test_rebuilt_loaders_share_compiled_code_and_agree(tmp_path):

@@ -118,7 +118,7 @@ def test_auto_falls_back_with_one_notice_and_the_same_crops(mixed, monkeypatch, 
 
 def test_a_chosen_decoder_that_cannot_run_is_refused(mixed, monkeypatch):
     hide(monkeypatch, "torchcodec")
-    from ffcv_cram.data.pipelines import LoaderError
+    from ffcv_cram.data.loader_options import LoaderError
     with pytest.raises(LoaderError, match="jpeg_decoder='torchcodec': TorchCodec is not installed"):
         loader(mixed, gpu=GpuDecodeOptions("torchcodec"))
 

@@ -34,3 +34,13 @@ def test_off_it_writes_nothing(tmp_path):
     log.add(0, 0, torch.tensor(1.0), 8, 0.1, None)
     log.flush()
     assert not (tmp_path / "off").exists()
+
+
+def test_on_resume_a_half_written_last_line_is_dropped_with_the_steps_run_again(tmp_path):
+    """A trainer killed while appending leaves a line without its newline: resuming drops it with
+    the lines of the steps it runs again, and keeps the rest."""
+    lines = [{"epoch": 0, "batch": b, "steps": 1, "loss": 1.0} for b in range(4)]
+    (tmp_path / "steps.jsonl").write_text(
+        "".join(json.dumps(line) + "\n" for line in lines) + '{"epoch": 0, "ba')
+    StepLog(str(tmp_path), 1, Context()).keep_before(0, 2)
+    assert _lines(tmp_path / "steps.jsonl") == lines[:2]

@@ -74,14 +74,20 @@ def test_the_command_writes_the_png(tmp_path, capsys):
     ("no folder", "{run}: no such folder; give the --logging.folder of a training run"),
     ("no log", "{run}: no log.jsonl; give the --logging.folder of a training run"),
     ("empty log", "{run}/log.jsonl: empty: the run has not finished an epoch yet"),
-    ("damaged", "{run}/log.jsonl line 2: not JSON; the file is damaged"),
+    ("damaged", "{run}/log.jsonl line 2: not a JSON object; the file is damaged"),
+    ("no epoch", "{run}/log.jsonl line 1: no epoch; the file is damaged"),
+    ("bad config", "{run}/config.json: not the JSON object a run writes; the file is damaged"),
 ])
 def test_a_folder_without_a_log_is_refused_with_one_line(tmp_path, capsys, case, message):
     run = tmp_path / "run"
     if case != "no folder":
         run.mkdir()
-    if case in ("empty log", "damaged"):
-        (run / "log.jsonl").write_text("" if case == "empty log" else "{}\n{\"epo\n{}\n")
+    logs = {"empty log": "", "damaged": '{"epoch": 0}\n{"epo\n{}\n', "no epoch": "{}\n",
+            "bad config": '{"epoch": 0}\n'}
+    if case in logs:
+        (run / "log.jsonl").write_text(logs[case])
+    if case == "bad config":
+        (run / "config.json").write_text('{"training": ')
     with pytest.raises(SystemExit) as stop:
         main([str(run)])
     lines = capsys.readouterr().err.strip().splitlines()

@@ -84,9 +84,11 @@ def _compile_memoised(cls, code, signature=None):
     return entry[0]
 
 
-def compiled_count() -> int:
-    """Distinct functions compiled through ffcv's Compiler in this process."""
-    return len(_compiled)
+def compiled_functions() -> list:
+    """The Python functions compiled through ffcv's Compiler in this process, one per compile.
+    A SeededRandomResizedCrop's decoder bakes its own op's epoch-cell address, so each new op
+    compiles its decoder again (unless the cell lands at a freed op's address)."""
+    return [code for _, code in _compiled.values()]
 
 
 if not getattr(Compiler, "_ffcv_cram_fixed", False):

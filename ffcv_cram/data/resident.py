@@ -24,8 +24,8 @@ import torch
 
 from .augment import batch_generator, flip_translate
 from .encoded_bytes import RAW
+from .loader_options import LoaderError
 from .normalisation import CIFAR_MEAN, CIFAR_STD, normalised_black, style_constants
-from .pipelines import LoaderError
 from .threads import loader_threads, torch_threads
 
 DATA_SHARE = 0.8  # of the available memory the decoded data may take: the rest is for training

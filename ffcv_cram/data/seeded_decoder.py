@@ -11,7 +11,8 @@ Loader's pipeline once, and numba freezes an array the code refers to into a con
 owns a one-element int64 array; the compiled code holds its address and loads the current value
 at the start of every batch. `set_epoch` writes it before FFCV's epoch thread starts (the thread
 start orders the write before every read). The array lives as long as the op, and the op as long
-as the Loader's graph that holds the compiled code.
+as the Loader's graph that holds the compiled code. The address is a constant of that code, so
+each new op compiles its decoder anew (`ffcv_fixes` memoises every other pipeline stage).
 """
 from __future__ import annotations
 

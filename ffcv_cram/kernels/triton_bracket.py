@@ -99,14 +99,14 @@ PICK_LAUNCH = dict(num_warps=8)
 # an explicit register budget: left alone, ptxas 13 (triton 3.8) gives the resolve launch 48
 # registers and spills in the fallback's coarse pass
 RESOLVE_LAUNCH = dict(num_warps=4, enable_fp_fusion=False, maxnreg=80)
-ABS_MASK = tl.constexpr(0x7FFFFFFF)
+ABS_MASK = fb.ABS_MASK
 
 # Workspace slots, as the kernels index them. counters (int64): 0 sample programs done,
 # 1 candidates spilled, 2 resolve / 3 fine / 5 tie count programs done (`triton_fallback`),
 # 4 misses so far. state (int64): 0 lo, 1 hi (the bracket), 2 threshold key, 3 ties to prune,
 # 4 ties in total, 5 partial tie, 6 miss, 7 candidates, 8 spilled candidates stored, 9 keys
 # sampled, 10 and 11 the fallback's coarse bin and rank in it.
-_MISSES, _PARTIAL, _MISS, _SAMPLED = 4, 5, 6, 9
+_MISSES, _PARTIAL, _MISS, _SAMPLED = 4, 5, 6, 9  # the slots read on the host (`misses`, tests)
 
 
 # prune counts and ranks are plain integers (no divisibility specialisation): one compiled

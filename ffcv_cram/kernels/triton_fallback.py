@@ -34,7 +34,7 @@ from . import triton_perturb as pt
 
 ABS_MASK = tl.constexpr(0x7FFFFFFF)
 CHUNK = tl.constexpr(4096)  # the layout's chunk size (triton_bracket.BLOCK)
-# workspace slots. counters: programs done (the last one finishes a pass) of the resolve launch,
+# workspace slots (the whole map: triton_bracket). counters: programs done (the last one finishes a pass) of the resolve launch,
 # the fine pass and the tie count. state: the threshold key, ties to prune, ties in total, partial
 # tie, miss (written by the pick or the fine pass); the fallback's coarse bin and rank in it.
 _RESOLVED, _FINE_DONE, _COUNTED = tl.constexpr(2), tl.constexpr(3), tl.constexpr(5)

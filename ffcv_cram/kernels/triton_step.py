@@ -1,7 +1,8 @@
 """The CrAM step's element-wise passes, fused (float32 parameters), and the plan that launches them.
 
     first half   save w (and g), w += rho * g, select, w *= mask, write masks
-                 -> `triton_bracket` (global: three launches) or `triton_select` (uniform),
+                 -> `triton_bracket` (global: seven launches, three of which
+                    return at once unless the bracket missed) or `triton_select` (uniform),
                     `triton_nm` after a perturbation pass (N:M)
     second half  g = g * mask + g_saved, w = w_saved                  -> `_finish` (one launch)
 

@@ -1,7 +1,8 @@
 """CUDA graphs of the fused CrAM step's optimizer side (`TopkCrAM(..., cuda_graph=True)`).
 
 A full CrAM step hands the GPU two bursts of small launches between the model's passes: the
-first half (perturb + select, three launches for a global threshold) and the second (finish +
+first half (perturb + select: seven launches for a global threshold, three of them returning
+at once unless the bracket missed) and the second (finish +
 the base optimizer's fused update). Each is captured once, after `warmup` eager full steps, and
 then replayed: one graph per drawn sparsity (or N:M pattern) for the first half -- the prune
 count is a launch argument -- and one for the second.

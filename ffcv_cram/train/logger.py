@@ -6,6 +6,7 @@ import os
 import secrets
 
 from ..atomic import write_text
+from ..json_lines import read_json_lines
 from ..progress import bar as progress_bar
 
 
@@ -33,9 +34,9 @@ class RunLogger:
         """On resume: drop log lines of epochs that will be run again."""
         if not self.is_main or not os.path.exists(self.log_path):
             return
-        with open(self.log_path) as f:
-            lines = [line for line in f if line.strip() and json.loads(line).get("epoch", -1) < epoch]
-        write_text(self.log_path, "".join(lines))
+        kept = [record for record in read_json_lines(self.log_path, ("epoch",))
+                if record["epoch"] < epoch]
+        write_text(self.log_path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def bar(self, total: int, desc: str, initial: int = 0):
         return progress_bar(total, desc, initial=initial, enabled=self.is_main, unit="steps")

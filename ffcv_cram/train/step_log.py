@@ -19,6 +19,7 @@ import time
 import torch
 
 from ..atomic import write_text
+from ..json_lines import read_json_lines
 from ..runtime.dist import Context, all_sum
 
 FILE = "steps.jsonl"
@@ -37,10 +38,9 @@ class StepLog:
         """On resume: drop the lines of steps that will be run again."""
         if not (self.enabled and self.ctx.is_main and os.path.exists(self.path)):
             return
-        with open(self.path) as f:
-            lines = [line for line in f if line.strip()
-                     and (json.loads(line)["epoch"], json.loads(line)["batch"]) < (epoch, batch)]
-        write_text(self.path, "".join(lines))
+        kept = [record for record in read_json_lines(self.path, ("epoch", "batch"))
+                if (record["epoch"], record["batch"]) < (epoch, batch)]
+        write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def start(self) -> None:
         """The clock of the first line of an epoch starts now."""
