@@ -16,7 +16,6 @@ of the script: nothing timed, nothing saved).
 """
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -27,7 +26,7 @@ from ffcv_cram.kernels.triton_bracket import BLOCK, _PARTIAL
 from ffcv_cram.kernels.triton_select import bracket_plan, layout, select
 from ffcv_cram.sparsity.masks import prunable_weights, selection_groups
 
-from common import save_result, table
+from common import require_interpreter, save_result, table
 from topk_checks import SPARSITIES, FirstHalf, clone, forward_backward
 from topk_timing import Clock, bracket_health, median
 
@@ -128,8 +127,7 @@ def main():
                         help="tiny net, Triton's CPU interpreter, one call each: checks the script")
     args = parser.parse_args()
     if args.dry_run:
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            sys.exit("error: --dry-run runs Triton in its CPU interpreter: set TRITON_INTERPRET=1")
+        require_interpreter("--dry-run")
         device, arch, classes = torch.device("cpu"), tiny_net, 10
         args.repeats, args.halves, args.batch, resolution = 1, 3, 4, 16
     elif not torch.cuda.is_available():

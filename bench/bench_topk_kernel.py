@@ -34,7 +34,6 @@ captured and the profiler sees no kernels there).
 """
 import argparse
 import json
-import os
 import sys
 import time
 import traceback
@@ -45,7 +44,7 @@ import torchvision
 from ffcv_cram.sparsity.masks import prunable_weights
 
 import bracket_configs
-from common import save_result, table
+from common import require_interpreter, save_result, table
 from topk_checks import SPARSITIES, CheckFailed, FirstHalf, checks, clone, forward_backward
 from topk_report import TARGETS, summary, target_rows
 from topk_timing import (Clock, Rig, bracket_health, copy_bandwidth, profile, step_ratio,
@@ -111,8 +110,7 @@ def main():
                         help="tiny CPU run under TRITON_INTERPRET=1: checks the script only")
     args = parser.parse_args()
     if args.smoke:
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            sys.exit("error: --smoke runs Triton in its CPU interpreter: set TRITON_INTERPRET=1")
+        require_interpreter("--smoke")
         device, arch, classes = torch.device("cpu"), tiny_net, 10
         args.batch, args.resolution, args.repeats, args.health_calls = 8, 16, 1, 1
         args.ratio_batch, args.ratio_rounds = 2, 1

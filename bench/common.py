@@ -126,3 +126,10 @@ def ratio_stats(times: dict, base: str) -> dict:
                      "ratio_quartiles": [float(q) for q in np.percentile(ratios, [25, 75])],
                      "ratio_of_totals": float(np.sum(values) / ref.sum())}
     return out
+
+
+def require_interpreter(flag: str) -> None:
+    """A benchmark's CPU script check (`flag`: its option) runs Triton in its interpreter, which
+    must be chosen before triton is imported: refuse with one line when it was not."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit(f"error: {flag} runs Triton in its CPU interpreter: set TRITON_INTERPRET=1")
